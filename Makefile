@@ -1,0 +1,87 @@
+# birdclef kit. `make help` lists the targets; README.md explains them.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip on some machines warns about every missing local index folder: hide only those lines
+QUIET_PIP := 2>&1 | sed -u '/is ignored: it is neither a file nor a directory/d'
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+# Exactly one ONNX Runtime build goes into the venv: the GPU one where nvidia-smi answers.
+ORT         ?= $(if $(shell command -v nvidia-smi 2>/dev/null),onnxruntime-gpu,onnxruntime)
+ORT_VERSION ?= 1.32.0
+ORT_OTHER   := $(if $(filter onnxruntime-gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
+
+COMPETITION ?= birdclef-2024
+DATA        ?= data/$(COMPETITION)
+SAMPLE      ?= data/sample
+MODELS      ?= simple_cnn resnet18 inception_v3
+DENOISE     ?= 0
+SEED        ?= 0
+# Extra flags per stage, e.g. TRAIN_ARGS="--epochs 30"
+DATA_ARGS        ?=
+PREPROCESS_ARGS  ?=
+TRAIN_ARGS       ?=
+EXPORT_ARGS      ?=
+PACKAGE_ARGS     ?=
+SCORE_ARGS       ?=
+HOLDOUT_ARGS     ?=
+PYTEST_ARGS      ?=
+
+FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise,)
+STAMP := $(VENV)/.installed-$(ORT)
+
+.PHONY: help venv data sample preprocess train export package score holdout demo test report \
+        bench-preprocess bench-infer bench-train upload clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+	@echo "  variables: DATA=$(DATA) MODELS='$(MODELS)' DENOISE=$(DENOISE) ORT=$(ORT)"
+
+venv: $(STAMP)  ## create .venv with the pinned dependencies
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt $(QUIET_PIP)
+	-$(PY) -m pip uninstall --quiet --yes $(ORT_OTHER) 2>/dev/null
+	$(PY) -m pip install --quiet $(ORT)==$(ORT_VERSION) $(QUIET_PIP)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+data: venv  ## download COMPETITION from Kaggle into DATA and check its layout
+	$(PY) -m data.download --competition $(COMPETITION) --out $(DATA) $(DATA_ARGS)
+
+sample: venv  ## generate the embedded synthetic sample dataset into data/sample
+	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)
+
+preprocess: venv  ## audio -> cached 5-s mel windows for DATA (resumable)
+	$(PY) -m data.preprocess --data $(DATA) $(FEATURE_FLAGS) $(PREPROCESS_ARGS)
+
+train: venv  ## train MODELS on DATA (preprocesses first when the cache is missing or stale)
+	$(PY) -m train --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) $(TRAIN_ARGS)
+
+report: venv  ## compare every run on DATA
+	$(PY) -m train.report --data $(DATA)
+
+export: venv  ## best run by val ROC-AUC -> ONNX, checked against torch
+	$(PY) -m export --data $(DATA) $(EXPORT_ARGS)
+
+package: venv  ## Kaggle notebook + dataset folder in submission/dist/
+	$(PY) -m submission.package --data $(DATA) $(PACKAGE_ARGS)
+
+holdout: venv  ## labelled held-out soundscapes from withheld recordings of DATA
+	$(PY) -m data.holdout --data $(DATA) --seed $(SEED) $(HOLDOUT_ARGS)
+
+score: package  ## run the packaged notebook on labelled soundscapes, print Kaggle's metric
+	$(PY) -m submission.score --data $(DATA) $(SCORE_ARGS)
+
+demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
+	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)
+	$(MAKE) --no-print-directory DATA=$(SAMPLE) TRAIN_ARGS="--schedule demo $(TRAIN_ARGS)" train export score
+	$(PY) -m train.report --data $(SAMPLE)
+
+test: venv  ## the test suite (installs .venv first)
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+clean:  ## remove generated data, caches, runs and build outputs (keeps .venv and downloads)
+	rm -rf $(SAMPLE) data/sample_solution.csv data/cache data/holdout train/runs export/out submission/dist submission/score

@@ -1,0 +1,543 @@
+"""`make data`: download a BirdCLEF competition from Kaggle, unpack it safely and check its layout.
+
+    python -m data.download --competition birdclef-2024 --out data/birdclef-2024
+    python -m data.download --zip ~/Downloads/birdclef-2024.zip --out data/birdclef-2024   # offline
+
+Nothing half-written ever appears in --out:
+
+    <out>.partial/<competition>.zip   the download; an interrupted one is resumed from here
+    <out>.unzipping/                  the unzip; a leftover one (interrupted) is wiped and redone
+    <out>/                            appears in one rename, once the unzipped data passed validation
+
+The download goes through the real `kaggle` client, with the credentials the kaggle CLI uses.
+The Kaggle key is never printed: messages name where the credentials came from, never their value.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import shutil
+import stat
+import sys
+import traceback
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import requests
+
+from data.layout import REQUIRED_ENTRIES, LayoutError, LayoutReport, validate_layout
+
+SETTINGS_URL = "https://www.kaggle.com/settings/api"
+COMPETITION_URL = "https://www.kaggle.com/competitions/{competition}"
+# The zip plus its contents: BirdCLEF audio is OGG, which zip barely compresses (~1.1x), plus slack.
+SPACE_FACTOR = 2.2
+
+
+class DownloadError(Exception):
+    """A failure the user can fix; main prints it as `error: <message>`, without a traceback."""
+
+
+# ---------------------------------------------------------------- credentials
+
+
+@dataclass(frozen=True)
+class Credentials:
+    source: str  # where they were found, for messages
+    secret: str = field(default="", repr=False)  # the key or token: only ever used to redact
+    username: str = ""
+
+    def secrets(self) -> list[str]:
+        """Every form the secret travels in: as is, and inside HTTP Basic auth."""
+        if not self.secret:
+            return []
+        basic = base64.b64encode(f"{self.username}:{self.secret}".encode()).decode()
+        return [self.secret, basic] if self.username else [self.secret]
+
+
+def kaggle_config_dir() -> Path:
+    """Where kaggle.json lives, by the kaggle package's own rule (KaggleApi.config_dir)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"]).expanduser()
+    legacy = Path.home() / ".kaggle"
+    if legacy.exists() or not sys.platform.startswith("linux"):
+        return legacy
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+
+
+def _read_kaggle_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        print(f"warning: {path} is readable by other users; run `chmod 600 {path}`", file=sys.stderr)
+    return data if isinstance(data, dict) else {}
+
+
+def _access_token() -> Credentials | None:
+    """The newer single-token credentials, looked up as kagglesdk.get_access_token_from_env does."""
+    value = os.environ.get("KAGGLE_API_TOKEN", "").strip()
+    if value:
+        if Path(value).is_file():  # the variable may name a file holding the token
+            return Credentials(f"the file named by KAGGLE_API_TOKEN ({value})", Path(value).read_text().strip())
+        return Credentials("KAGGLE_API_TOKEN", value)
+    for name in ("access_token", "access_token.txt"):
+        path = Path.home() / ".kaggle" / name
+        if path.is_file() and path.read_text().strip():
+            return Credentials(str(path), path.read_text().strip())
+    return None
+
+
+def find_credentials() -> Credentials | None:
+    """The credentials the kaggle client will use, or None when it has none."""
+    token = _access_token()
+    if token:
+        return token
+    config = kaggle_config_dir() / "kaggle.json"
+    from_file = _read_kaggle_json(config) if config.is_file() else {}
+    username = os.environ.get("KAGGLE_USERNAME") or from_file.get("username")
+    key = os.environ.get("KAGGLE_KEY") or from_file.get("key")
+    if username and key:
+        source = "KAGGLE_USERNAME/KAGGLE_KEY" if os.environ.get("KAGGLE_KEY") else str(config)
+        return Credentials(source, str(key), str(username))
+    oauth = Path.home() / ".kaggle" / "credentials.json"  # written by `kaggle auth login`
+    if oauth.is_file():
+        return Credentials(str(oauth))
+    return None
+
+
+def missing_credentials_message() -> str:
+    # ~/.kaggle/kaggle.json is the path Kaggle documents, and once it exists the client reads it.
+    folder = os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle"
+    config = Path(folder).expanduser() / "kaggle.json"
+    return (
+        "no Kaggle API credentials found.\n"
+        f'  Create a token at {SETTINGS_URL} ("Create New Token"), save the downloaded kaggle.json as\n'
+        f"  {config} and run `chmod 600 {config}`,\n"
+        "  or export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN) in this shell. Then rerun."
+    )
+
+
+def require_credentials() -> Credentials:
+    creds = find_credentials()
+    if creds is None:
+        raise DownloadError(missing_credentials_message())
+    return creds
+
+
+# ---------------------------------------------------------------- talking to Kaggle
+
+
+def kaggle_api(creds: Credentials):
+    """An authenticated kaggle.KaggleApi.
+
+    Imported only here: `import kaggle` authenticates at import time, printing its own help
+    when there are no credentials, so it must come after require_credentials (and is silenced:
+    it would only repeat our messages).
+    """
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+            from kagglesdk import KaggleClient
+            from kagglesdk.kaggle_env import get_env
+    except ImportError as e:
+        raise DownloadError(
+            f"the kaggle client cannot be imported ({e}). Reinstall the environment: `make venv`."
+        ) from None
+
+    try:
+        get_env()
+    except Exception as e:  # kagglesdk raises a bare Exception for an unknown value
+        raise DownloadError(f"{e}. Unset KAGGLE_API_ENVIRONMENT to use kaggle.com.") from None
+
+    class Api(KaggleApi):
+        def build_kaggle_client(self):
+            # kaggle 2.2.5 hands kagglesdk an explicit PROD environment, which overrides the SDK's
+            # KAGGLE_API_ENVIRONMENT (TEST, STAGING, ...): honour it. verbose stays off because
+            # a verbose client prints the request headers, and they carry the key.
+            return KaggleClient(
+                env=get_env(),
+                verbose=False,
+                username=self.config_values.get(self.CONFIG_NAME_USER),
+                password=self.config_values.get(self.CONFIG_NAME_KEY),
+                api_token=self.config_values.get(self.CONFIG_NAME_TOKEN),
+                response_processor=self.get_response_processor(),
+            )
+
+    api = Api()
+    # KaggleApi reads KAGGLE_CONFIG_DIR once, at import; use its value now.
+    api.config_dir = str(kaggle_config_dir())
+    api.config = os.path.join(api.config_dir, api.config_file)
+    try:
+        # Its auth help (printed before exit(1)) would only repeat our message, less precisely.
+        with contextlib.redirect_stdout(io.StringIO()):
+            api.authenticate()
+    except SystemExit:  # what authenticate() does when the credentials we found do not work
+        raise DownloadError(
+            f"Kaggle did not accept the credentials from {creds.source} (inactive or expired token).\n"
+            f'  Create a new token at {SETTINGS_URL} ("Create New Token"), put it in place of {creds.source}, '
+            "and rerun."
+        ) from None
+    return api
+
+
+def kaggle_endpoint() -> str:
+    from kagglesdk.kaggle_env import get_endpoint, get_env
+
+    return get_endpoint(get_env())
+
+
+def _kaggle_said(error: requests.HTTPError) -> str:
+    """Kaggle's own explanation: the message of its JSON error body, else the HTTP reason."""
+    response = error.response
+    try:
+        return str(response.json()["message"])
+    except Exception:
+        return getattr(response, "reason", None) or str(error)
+
+
+def http_error_message(error: requests.HTTPError, competition: str, creds: Credentials) -> str:
+    status = error.response.status_code if error.response is not None else None
+    said = _kaggle_said(error)
+    page = COMPETITION_URL.format(competition=competition)
+    if status == 401:
+        return (
+            f"Kaggle rejected the credentials from {creds.source} (HTTP 401: {said}).\n"
+            "  The token is mistyped, expired or was revoked: create a new one at "
+            f'{SETTINGS_URL} ("Create New Token"),\n'
+            f"  put it in place of {creds.source}, and rerun."
+        )
+    if status == 403:
+        return (
+            f"Kaggle refused the {competition} data (HTTP 403: {said}).\n"
+            f"  This account has not accepted the competition rules yet: open {page}/rules,\n"
+            '  sign in, click "I Understand and Accept", then rerun.'
+        )
+    if status == 404:
+        return (
+            f"Kaggle has no competition named '{competition}' (HTTP 404: {said}).\n"
+            "  Check --competition: BirdCLEF slugs look like birdclef-2024 or birdclef-2025."
+        )
+    return f"Kaggle answered HTTP {status} ({said}) for {competition}; try again later."
+
+
+def _connection_reason(error: Exception) -> str:
+    text = str(error)
+    if any(s in text for s in ("Name or service not known", "nodename nor servname", "name resolution",
+                               "getaddrinfo failed", "No address associated")):
+        return "DNS lookup failed"
+    if "Connection refused" in text:
+        return "connection refused"
+    if isinstance(error, requests.Timeout) or "timed out" in text:
+        return "timed out"
+    if "ProxyError" in text or "proxy" in text.lower():
+        return "proxy error"
+    return type(error).__name__
+
+
+def manual_download_hint(competition: str, out: Path) -> str:
+    return (
+        f"  Or download the zip by hand from {COMPETITION_URL.format(competition=competition)}/data "
+        '("Download All"),\n'
+        f"  then run: python -m data.download --zip path/to/{competition}.zip --out {out}"
+    )
+
+
+def unreachable_message(error: Exception, competition: str, out: Path) -> str:
+    return (
+        f"could not reach Kaggle at {kaggle_endpoint()} ({_connection_reason(error)}).\n"
+        "  Check the network connection and proxy settings (HTTPS_PROXY), then rerun.\n"
+        + manual_download_hint(competition, out)
+    )
+
+
+@contextlib.contextmanager
+def explained(competition: str, out: Path, creds: Credentials):
+    """Turn the client's HTTP and network errors into DownloadErrors that say what to do."""
+    try:
+        yield
+    except requests.HTTPError as e:
+        raise DownloadError(http_error_message(e, competition, creds)) from None
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise DownloadError(unreachable_message(e, competition, out)) from None
+
+
+# ---------------------------------------------------------------- disk space
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds path (or would hold it, once created)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def check_space(folder: Path, needed: int, purpose: str) -> None:
+    available = free_bytes(folder)
+    if needed > available:
+        raise DownloadError(
+            f"not enough free disk space in {folder} to {purpose}: need {_human(needed)} ({needed} bytes), "
+            f"have {_human(available)} ({available} bytes).\n"
+            "  Free some space, or pass --out on a disk with more room."
+        )
+
+
+# ---------------------------------------------------------------- download
+
+
+def _interrupted_message(error: Exception, competition: str, zip_path: Path, size: int | None, out: Path) -> str:
+    have = zip_path.stat().st_size if zip_path.exists() else 0
+    of = f" of {size}" if size else ""
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        reason = f"HTTP {error.response.status_code}"
+    else:  # requests' errors are OSErrors too, without a strerror
+        reason = getattr(error, "strerror", None) or type(error).__name__
+    return (
+        f"the download of {competition} was interrupted after {have}{of} bytes ({reason}).\n"
+        f"  The partial archive is kept in {zip_path.parent}; rerun the same command to resume it.\n"
+        + manual_download_hint(competition, out)
+    )
+
+
+def download_archive(api, competition: str, staging: Path, out: Path, force: bool, retries: int) -> Path:
+    """Fetch the competition zip into staging/, resuming a partial one; return its path.
+
+    competition_download_files, spelled out, to check disk space once the size is known
+    and to choose the number of retries.
+    """
+    from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+
+    zip_path = staging / f"{competition}.zip"
+    with api.build_kaggle_client() as client:
+        request = ApiDownloadDataFilesRequest()
+        request.competition_name = competition
+        response = client.competitions.competition_api_client.download_data_files(request)
+        size = int(response.headers.get("Content-Length") or 0) or None
+        if not force and not api.download_needed(response, str(zip_path), quiet=True):
+            print(f"{zip_path} is already complete; not downloading it again")
+            return zip_path
+        if size:
+            have = min(zip_path.stat().st_size, size) if zip_path.exists() else 0
+            check_space(staging, int(size * SPACE_FACTOR) - have, f"download and unpack {competition}")
+        staging.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {competition} into {staging}")
+        try:
+            # resume=True: the client appends only to a partial its .kaggle-partial marker vouches for.
+            api.download_file(response, str(zip_path), client.http_client(), quiet=False, resume=True,
+                              max_retries=retries)
+        except (requests.RequestException, OSError, ValueError) as e:
+            raise DownloadError(_interrupted_message(e, competition, zip_path, size, out)) from None
+    return zip_path
+
+
+# ---------------------------------------------------------------- unzip
+
+
+def safe_members(archive: zipfile.ZipFile, zip_path: Path) -> list[zipfile.ZipInfo]:
+    """Every entry, after refusing any that would land outside the target folder."""
+    members = archive.infolist()
+    for info in members:
+        name = info.filename.replace("\\", "/")
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
+            raise DownloadError(
+                f"refusing to unpack {zip_path}: its entry '{info.filename}' would be written outside "
+                "the target folder. This is not a genuine Kaggle archive; download it again."
+            )
+    return members
+
+
+def unzip(zip_path: Path, dest: Path) -> None:
+    """Unpack zip_path into dest, starting clean: a dest left behind is an interrupted unzip."""
+    from tqdm import tqdm
+
+    if dest.exists():
+        print(f"removing {dest}, left by an interrupted unzip")
+        shutil.rmtree(dest)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = safe_members(archive, zip_path)
+            check_space(dest.parent, sum(m.file_size for m in members), f"unpack {zip_path.name}")
+            dest.mkdir(parents=True)
+            for member in tqdm(members, desc="unzipping", unit="file"):
+                archive.extract(member, dest)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise DownloadError(
+            f"{zip_path} is not a readable zip archive ({e}). Delete it and download it again."
+        ) from None
+
+
+def dataset_root(unpacked: Path) -> Path:
+    """Kaggle's zip holds the layout at its top; a hand-made zip may wrap it in one folder."""
+    if (unpacked / "train_metadata.csv").exists():
+        return unpacked
+    children = [p for p in unpacked.iterdir() if p.name != "__MACOSX"]
+    if len(children) == 1 and (children[0] / "train_metadata.csv").exists():
+        return children[0]
+    return unpacked
+
+
+# ---------------------------------------------------------------- validate and install
+
+
+def validate(root: Path, source: Path) -> LayoutReport:
+    """The layout report of the unpacked data; raises when it is not a usable dataset."""
+    missing = [e for e in REQUIRED_ENTRIES if not (root / e).exists()]
+    if missing:
+        raise DownloadError(
+            f"{source} does not hold a BirdCLEF dataset in the Kaggle layout: missing {', '.join(missing)} "
+            f"(expected {', '.join(REQUIRED_ENTRIES)})."
+        )
+    try:
+        report = validate_layout(root)
+    except LayoutError as e:
+        raise DownloadError(f"{source} does not hold a usable BirdCLEF dataset: {e}") from None
+    if not report.ok:
+        print(report.format(), file=sys.stderr)
+        raise DownloadError(f"{source} unpacked, but the data is unusable: {problem(report)}.")
+    return report
+
+
+def problem(report: LayoutReport) -> str:
+    """Why report.ok is False."""
+    if report.rows_without_file:
+        return f"{len(report.rows_without_file)} rows of train_metadata.csv have no file under train_audio/"
+    return "train_metadata.csv lists no file found under train_audio/"
+
+
+def install(root: Path, out: Path) -> None:
+    """Put the validated folder at out in one rename, so out is never half there."""
+    replaced = out.with_name(out.name + ".replaced")
+    shutil.rmtree(replaced, ignore_errors=True)
+    if out.exists():
+        os.replace(out, replaced)
+    os.replace(root, out)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def unpack_and_install(zip_path: Path, out: Path) -> LayoutReport:
+    """zip -> <out>.unzipping -> validated -> out. On failure out is untouched and the temp folder gone."""
+    tmp = out.with_name(out.name + ".unzipping")
+    try:
+        unzip(zip_path, tmp)
+        root = dataset_root(tmp)
+        report = validate(root, zip_path)
+        install(root, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dataclasses.replace(report, data_dir=out)
+
+
+def existing_dataset(out: Path) -> LayoutReport | None:
+    """The report of the valid dataset already in out; None when out is absent or empty."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    if not out.is_dir():
+        reason = "it is not a folder"
+    else:
+        try:
+            report = validate_layout(out)
+        except LayoutError as e:
+            reason = str(e)
+        else:
+            if report.ok:
+                return report
+            reason = problem(report)
+    raise DownloadError(
+        f"{out} exists but does not hold a valid dataset ({reason}).\n"
+        "  Move it away, or rerun with --force to replace it."
+    )
+
+
+def download(competition: str, out: Path, force: bool, retries: int, creds: Credentials) -> LayoutReport:
+    staging = out.with_name(out.name + ".partial")
+    with explained(competition, out, creds):
+        api = kaggle_api(creds)
+        zip_path = download_archive(api, competition, staging, out, force, retries)
+    report = unpack_and_install(zip_path, out)
+    shutil.rmtree(staging, ignore_errors=True)  # the zip is as big as the data; it served its purpose
+    return report
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m data.download",
+        description="Download a BirdCLEF competition from Kaggle into --out, unpack it safely and check its "
+        "layout. Credentials: ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR/kaggle.json), "
+        "KAGGLE_USERNAME + KAGGLE_KEY, or KAGGLE_API_TOKEN.",
+    )
+    add = parser.add_argument
+    add("--competition", default="birdclef-2024", help="competition slug, any BirdCLEF year (default: %(default)s)")
+    add("--out", type=Path, help="dataset folder (default: data/<competition>)")
+    add("--zip", type=Path, help="unpack this hand-downloaded archive instead (offline, no credentials needed)")
+    add("--force", action="store_true", help="replace a valid dataset already in --out, downloading it again")
+    add("--retries", type=int, default=5, help="retries of a dropped download before giving up (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def run(args: argparse.Namespace, out: Path, secrets: list[str]) -> LayoutReport | None:
+    """The stage itself; returns the report to print, or None when there was nothing to do."""
+    if not args.force:
+        report = existing_dataset(out)
+        if report is not None:
+            print(f"{out} already holds a valid dataset; nothing to do (use --force to download it again)")
+            print(report.format())
+            return None
+    if args.zip is not None:
+        if not args.zip.is_file():
+            raise DownloadError(f"--zip {args.zip}: no such file")
+        return unpack_and_install(args.zip, out)
+    creds = require_credentials()
+    secrets.extend(creds.secrets())
+    return download(args.competition, out, args.force, args.retries, creds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out or Path("data") / args.competition
+    secrets: list[str] = []
+    try:
+        report = run(args, out, secrets)
+    except DownloadError as e:
+        print(f"error: {redact(str(e), secrets)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {out} is untouched; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception:
+        # A bug, not a user error: keep the traceback, but never with the key in it.
+        print(redact(traceback.format_exc(), secrets), end="", file=sys.stderr)
+        return 1
+    if report is not None:
+        print(f"{args.competition} is ready in {out}" if args.zip is None else f"unpacked {args.zip} into {out}")
+        print(report.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

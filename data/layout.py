@@ -1,0 +1,161 @@
+"""The Kaggle BirdCLEF layout: reading it, checking it, and the class list that comes from it.
+
+    <DATA>/train_audio/<primary_label>/<stem>.ogg
+    <DATA>/train_metadata.csv          primary_label,secondary_labels,type,...,filename
+    <DATA>/eBird_Taxonomy_v2021.csv
+    <DATA>/sample_submission.csv       row_id + one column per class
+    <DATA>/unlabeled_soundscapes/*.ogg
+    <DATA>/test_soundscapes/*.ogg      (empty in Kaggle's public data)
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+METADATA_COLUMNS = [
+    "primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name",
+    "common_name", "author", "license", "rating", "url", "filename",
+]
+REQUIRED_ENTRIES = ["train_audio", "train_metadata.csv", "sample_submission.csv"]
+AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
+
+
+class LayoutError(ValueError):
+    """The folder is not in the Kaggle BirdCLEF layout."""
+
+
+def require_layout(data_dir: Path) -> None:
+    """Fail fast, saying what is missing and how to get it."""
+    if not data_dir.is_dir():
+        raise LayoutError(
+            f"DATA={data_dir} does not exist. Run `make data` to download the competition, "
+            "`make sample` for the embedded sample, or point DATA= at a folder in the Kaggle layout."
+        )
+    missing = [e for e in REQUIRED_ENTRIES if not (data_dir / e).exists()]
+    if missing:
+        raise LayoutError(
+            f"DATA={data_dir} is not in the Kaggle BirdCLEF layout: missing {', '.join(missing)} "
+            f"(expected {', '.join(REQUIRED_ENTRIES)})"
+        )
+
+
+def parse_list(text) -> list[str]:
+    """'['a', 'b']' (a Python-list string, as Kaggle writes them) -> ['a', 'b']."""
+    if isinstance(text, list):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        return []
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+
+
+def read_metadata(data_dir: Path) -> pd.DataFrame:
+    """train_metadata.csv with secondary_labels parsed to lists, one row per recording."""
+    require_layout(data_dir)
+    meta = pd.read_csv(data_dir / "train_metadata.csv", keep_default_na=False, dtype={"primary_label": str})
+    lacking = [c for c in ("primary_label", "filename") if c not in meta.columns]
+    if lacking:
+        raise LayoutError(f"{data_dir / 'train_metadata.csv'} lacks the column(s) {lacking}")
+    meta["secondary_labels"] = meta.get("secondary_labels", "").map(parse_list)
+    meta = meta.drop_duplicates("filename").sort_values("filename").reset_index(drop=True)
+    return meta
+
+
+def class_list(meta: pd.DataFrame) -> list[str]:
+    """The classes are the data's primary labels, sorted (Kaggle's sample_submission order)."""
+    return sorted(meta["primary_label"].unique().tolist())
+
+
+def submission_columns(data_dir: Path) -> list[str]:
+    """Class columns of sample_submission.csv, in its order."""
+    cols = pd.read_csv(data_dir / "sample_submission.csv", nrows=0).columns.tolist()
+    return [c for c in cols if c != "row_id"]
+
+
+def list_audio(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+@dataclass
+class LayoutReport:
+    """What `make data` prints after unzipping: counts and every inconsistency found."""
+
+    data_dir: Path
+    species: int = 0
+    recordings: int = 0
+    total_hours: float = 0.0
+    unreadable: list[str] = field(default_factory=list)
+    rows_without_file: list[str] = field(default_factory=list)
+    files_without_row: list[str] = field(default_factory=list)
+    unlabeled_soundscapes: int = 0
+    test_soundscapes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.recordings > 0 and not self.rows_without_file
+
+    def format(self, show: int = 5) -> str:
+        def sample(items: list[str]) -> str:
+            more = f" (+{len(items) - show} more)" if len(items) > show else ""
+            return ", ".join(items[:show]) + more
+
+        lines = [
+            f"dataset            {self.data_dir}",
+            f"species            {self.species}",
+            f"recordings         {self.recordings}",
+            f"total audio        {self.total_hours:.2f} h",
+            f"unlabeled scapes   {self.unlabeled_soundscapes}",
+            f"test soundscapes   {self.test_soundscapes}",
+            f"unreadable files   {len(self.unreadable)}" + (f": {sample(self.unreadable)}" if self.unreadable else ""),
+            f"rows without file  {len(self.rows_without_file)}"
+            + (f": {sample(self.rows_without_file)}" if self.rows_without_file else ""),
+            f"files without row  {len(self.files_without_row)}"
+            + (f": {sample(self.files_without_row)}" if self.files_without_row else ""),
+        ]
+        return "\n".join(lines)
+
+
+def audio_seconds(path: Path) -> float | None:
+    """Duration from the file header, without decoding; None when unreadable."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate
+    except Exception:
+        return None
+
+
+def validate_layout(data_dir: Path, progress: bool = True) -> LayoutReport:
+    """Check the layout and every training file's header."""
+    from tqdm import tqdm
+
+    meta = read_metadata(data_dir)
+    report = LayoutReport(data_dir=data_dir)
+    audio_root = data_dir / "train_audio"
+    on_disk = {p.relative_to(audio_root).as_posix() for p in list_audio(audio_root)}
+    listed = set(meta["filename"])
+    report.rows_without_file = sorted(listed - on_disk)
+    report.files_without_row = sorted(on_disk - listed)
+    report.species = meta["primary_label"].nunique()
+    seconds = 0.0
+    present = sorted(listed & on_disk)
+    for rel in tqdm(present, desc="checking audio", unit="file", disable=not progress):
+        dur = audio_seconds(audio_root / rel)
+        if dur is None or dur == 0:
+            report.unreadable.append(rel)
+        else:
+            seconds += dur
+    report.recordings = len(present)
+    report.total_hours = seconds / 3600
+    report.unlabeled_soundscapes = len(list_audio(data_dir / "unlabeled_soundscapes"))
+    report.test_soundscapes = len(list_audio(data_dir / "test_soundscapes"))
+    return report

@@ -1,0 +1,38 @@
+"""Recording-grouped splits: every window of a recording lands on the same side.
+
+The held-out split is a pure function of (metadata, seed, fraction): training and
+`make holdout` compute it independently and always agree, whatever ran first.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def grouped_split(meta: pd.DataFrame, fraction: float, seed: int, min_recordings: int) -> list[str]:
+    """Filenames of about `fraction` of each class's recordings, at least one, taken only
+    from classes with at least `min_recordings` recordings (a rare class keeps all of its
+    recordings for training). Stratified by primary label, seeded, order-independent."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    chosen: list[str] = []
+    for _, files in sorted(meta.groupby("primary_label")["filename"]):
+        files = sorted(files)
+        if len(files) < min_recordings:
+            continue
+        k = max(1, int(round(fraction * len(files))))
+        chosen += [files[i] for i in sorted(rng.permutation(len(files))[:k])]
+    return sorted(chosen)
+
+
+def holdout_recordings(meta: pd.DataFrame, fraction: float, seed: int) -> list[str]:
+    """Recordings kept out of training entirely, for `make holdout` soundscapes."""
+    return grouped_split(meta, fraction, seed, min_recordings=3)
+
+
+def validation_recordings(meta: pd.DataFrame, fraction: float, seed: int) -> list[str]:
+    """Recordings of the training side used for per-epoch validation."""
+    return grouped_split(meta, fraction, seed + 1, min_recordings=2)

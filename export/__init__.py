@@ -1,0 +1,1 @@
+"""Export stage: the best training run to a checked ONNX file."""

@@ -1,0 +1,44 @@
+"""`make export`: the best run on DATA (by recorded val ROC-AUC) -> ONNX, checked against torch.
+
+With no finished run for DATA yet, it trains first (the default models and schedule)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from data.paths import Workspace
+from export.to_onnx import ExportError, choose_best_run, export_run
+from train.report import finished_runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="dataset folder whose runs to choose from")
+    p.add_argument("--run", type=Path, help="export this run folder instead of the best one")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - torch| accepted")
+    p.add_argument("--opset", type=int, default=18)
+    args = p.parse_args(argv)
+    ws = Workspace.of(args.data)
+    if args.run is None and not finished_runs(ws.runs_dir):
+        print(f"export: no finished run for {ws.name} yet, training first")
+        from train.__main__ import main as train_main
+
+        train_main(["--data", str(args.data)])
+    try:
+        run_dir = args.run or choose_best_run(ws.runs_dir)
+        print(f"export: {run_dir}")
+        report = export_run(run_dir, ws.export_dir, atol=args.atol, opset=args.opset)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"export: {report['model']} (val ROC-AUC {report['val_roc_auc']:.4f}, accuracy "
+          f"{report['val_accuracy']:.4f}) -> {report['onnx']}")
+    print(f"export: onnxruntime vs torch max |diff| {report['max_abs_diff_vs_torch']:.2e} on "
+          f"{report['checked_windows']} real windows; {report['onnx_cpu_ms_per_window_2_threads']:.1f} ms/window "
+          f"on 2 CPU threads; {report['size_mb']:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

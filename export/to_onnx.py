@@ -1,0 +1,186 @@
+"""Best run -> ONNX, checked by onnx.checker and by onnxruntime against torch.
+
+The exported graph takes features [batch, n_mels, n_frames] (float32, from data.features) and
+returns class probabilities [batch, classes]. Its metadata carries everything the notebook needs
+to rebuild the features and read the output: class list, feature parameters, model name,
+activation, validation metrics and the version of the feature code it was trained with.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.features import FEATURES_VERSION
+from data.preprocess import FeatureCache, cache_dir_for
+from train.config import TrainConfig
+from train.models import build_model
+from train.report import finished_runs
+
+ONNX_FORMAT = "birdkit-1"
+INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
+
+
+class ExportError(RuntimeError):
+    """Export refused: the message says why and what to do."""
+
+
+class WithActivation(nn.Module):
+    """The trained network plus the activation its loss implies: outputs probabilities."""
+
+    def __init__(self, model: nn.Module, activation: str):
+        super().__init__()
+        self.model = model
+        self.activation = activation
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:  # [B, M, T] -> [B, C]
+        logits = self.model(feats)
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=-1)
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: TrainConfig
+    classes: list[str]
+    checkpoint: dict
+    net: WithActivation  # eval mode, CPU
+
+
+def choose_best_run(runs_dir: Path) -> Path:
+    """The finished run with the highest recorded val ROC-AUC (then accuracy)."""
+    runs = finished_runs(runs_dir)
+    if not runs:
+        raise ExportError(f"no finished training run in {runs_dir}: run `make train` first")
+    best = max(runs, key=lambda r: (r["val_roc_auc"], r["val_accuracy"]))
+    return Path(best["dir"])
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """Rebuild the model from the run's config.json and load its best checkpoint."""
+    cfg = TrainConfig.load(run_dir / "config.json")
+    ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    classes = ckpt["classes"]
+    if ckpt["config"] != cfg.to_dict():
+        raise ExportError(f"{run_dir}: config.json differs from the config stored in best.pt; "
+                          "the run folder was edited or mixed up. Retrain or restore config.json.")
+    model = build_model(cfg.model, len(classes), pretrained=False, input_hw=cfg.input_hw)
+    model.load_state_dict(ckpt["model_state"])
+    activation = "sigmoid" if cfg.loss == "bce" else "softmax"
+    net = WithActivation(model, activation).eval()
+    return LoadedRun(run_dir, cfg, classes, ckpt, net)
+
+
+def check_windows(run: LoadedRun, n: int = 16) -> np.ndarray:
+    """Real feature windows for the parity check: validation windows from the run's cache."""
+    cfg = run.cfg
+    cache = FeatureCache.open(cache_dir_for(Path(cfg.data_dir), cfg.features))
+    val = json.loads((run.run_dir / "split.json").read_text())["val"]
+    rows = [r for f in val if f in cache.entries.index for r in cache.rows_of(f)][:n]
+    if not rows:
+        raise ExportError(f"no cached validation windows for {run.run_dir}: rerun `make preprocess`")
+    return np.asarray(cache.windows[rows], dtype=np.float32)  # [n, M, T]
+
+
+def metadata(run: LoadedRun) -> dict[str, str]:
+    cfg, metrics = run.cfg, run.checkpoint["metrics"]
+    return {
+        "birdkit_format": ONNX_FORMAT,
+        "model_name": cfg.model,
+        "classes": json.dumps(run.classes),
+        "features": json.dumps(cfg.features.to_dict(), sort_keys=True),
+        "features_version": str(FEATURES_VERSION),
+        "activation": run.net.activation,
+        "input_name": INPUT_NAME,
+        "val_accuracy": f"{metrics['val_accuracy']:.6f}",
+        "val_roc_auc": f"{metrics['val_roc_auc']:.6f}",
+        "best_epoch": str(run.checkpoint["epoch"]),
+        "run": run.run_dir.name,
+        "dataset": Path(cfg.data_dir).name,
+    }
+
+
+def export_graph(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """torch.export-based ONNX export with a dynamic batch axis."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        net, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False,
+    )
+    program.save(str(path))
+
+
+def write_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+def ort_max_abs_diff(path: Path, net: nn.Module, windows: np.ndarray) -> float:
+    """Largest |onnxruntime - torch| over the windows, also checking the file and the dynamic
+    batch axis (one run with all windows, one with a single window)."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = net(torch.from_numpy(windows)).numpy()
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: windows})[0]
+    single = session.run([OUTPUT_NAME], {INPUT_NAME: windows[:1]})[0]
+    if got.shape != expected.shape:
+        raise ExportError(f"onnxruntime output shape {got.shape} differs from torch {expected.shape}")
+    return float(max(np.abs(got - expected).max(), np.abs(single - expected[:1]).max()))
+
+
+def ort_ms_per_window(path: Path, windows: np.ndarray, threads: int = 2, repeats: int = 3) -> float:
+    """Median onnxruntime CPU time per window at the given thread count."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session.run(None, {INPUT_NAME: windows})  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, {INPUT_NAME: windows})
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000 / len(windows))
+
+
+def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int = 18) -> dict:
+    """Export run_dir's best checkpoint to out_dir/model.onnx; refuse if onnxruntime and torch
+    disagree by more than atol. Returns the export report (also written as export.json)."""
+    run = load_run(run_dir)
+    windows = check_windows(run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".model.onnx.tmp"
+    export_graph(run.net, torch.from_numpy(windows[:2]), tmp, opset)
+    props = metadata(run)
+    write_metadata(tmp, props)
+    diff = ort_max_abs_diff(tmp, run.net, windows)
+    if not diff <= atol:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"onnxruntime differs from torch by {diff:.2e} (> {atol:.0e}) on {len(windows)} real "
+                          f"windows of {run_dir.name}: refusing to export. Try another --opset.")
+    final = out_dir / "model.onnx"
+    os.replace(tmp, final)
+    report = {
+        "onnx": str(final), "run_dir": str(run_dir), "model": run.cfg.model,
+        "val_roc_auc": run.checkpoint["metrics"]["val_roc_auc"],
+        "val_accuracy": run.checkpoint["metrics"]["val_accuracy"],
+        "max_abs_diff_vs_torch": diff, "checked_windows": int(len(windows)), "opset": opset,
+        "onnx_cpu_ms_per_window_2_threads": ort_ms_per_window(final, windows),
+        "size_mb": final.stat().st_size / 1e6, "metadata": props,
+    }
+    (out_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

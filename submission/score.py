@@ -1,0 +1,196 @@
+"""`make score`: run the packaged notebook on labelled soundscapes and print Kaggle's metric.
+
+The notebook runs in a fresh Jupyter kernel whose only code source is the packaged dataset,
+against a folder arranged like /kaggle/input:
+
+    submission/score/<dataset>/input/<competition>/test_soundscapes -> the labelled soundscapes
+    submission/score/<dataset>/input/<competition>/sample_submission.csv
+    submission/score/<dataset>/input/birdclef-kit-model -> submission/dist/dataset
+    submission/score/<dataset>/working/submission.csv     written by the notebook
+
+Labelled soundscapes: the dataset's own test_soundscapes with `<DATA>_solution.csv` beside the
+dataset (the embedded sample), else `make holdout`'s data/holdout/<dataset>/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+from data.features import FeatureConfig, n_windows
+from data.paths import Workspace, dist_dir
+from train.metrics import kaggle_score
+
+KERNEL_NAME = "birdkit-python"
+
+
+class ScoreError(RuntimeError):
+    """Scoring impossible; the message says what to run first."""
+
+
+@dataclass
+class LabelledSet:
+    soundscapes: Path
+    solution: Path
+    recordings: list[str]  # training recordings mixed into these soundscapes (empty for synthetic ones)
+
+
+def labelled_set(ws: Workspace) -> LabelledSet:
+    if ws.solution_beside.exists():
+        return LabelledSet(ws.data_dir / "test_soundscapes", ws.solution_beside, [])
+    manifest = ws.holdout_dir / "holdout.json"
+    if (ws.holdout_dir / "solution.csv").exists() and manifest.exists():
+        recordings = json.loads(manifest.read_text())["recordings"]
+        return LabelledSet(ws.holdout_dir / "test_soundscapes", ws.holdout_dir / "solution.csv", recordings)
+    raise ScoreError(f"no labelled soundscapes for {ws.name}: run `make holdout DATA={ws.data_dir}` "
+                     f"(or put Kaggle-format labels at {ws.solution_beside})")
+
+
+def check_no_leak(labelled: LabelledSet, dist_dataset: Path, ws: Workspace) -> None:
+    """The packaged model's run must not have trained on a recording mixed into the soundscapes."""
+    if not labelled.recordings:
+        return
+    run = json.loads((dist_dataset / "birdkit.json").read_text()).get("run")
+    split_path = ws.runs_dir / str(run) / "split.json"
+    if not run or not split_path.exists():
+        raise ScoreError(f"cannot tell which recordings the packaged model trained on ({split_path} missing): "
+                         f"package a model trained on {ws.name} (`make train export package`)")
+    split = json.loads(split_path.read_text())
+    seen = set(labelled.recordings) & (set(split["train"]) | set(split["val"]))
+    if seen:
+        raise ScoreError(f"the packaged model trained on {len(seen)} recording(s) of the held-out soundscapes "
+                         f"(e.g. {sorted(seen)[:3]}): its score would be inflated. Train with the same "
+                         "--seed and --holdout-fraction as `make holdout`.")
+
+
+def arrange_input(score_dir: Path, labelled: LabelledSet, sample_submission: Path, competition: str,
+                  dist_dataset: Path) -> tuple[Path, Path]:
+    """A /kaggle/input look-alike made of symlinks, and an empty working folder."""
+    shutil.rmtree(score_dir, ignore_errors=True)
+    comp = score_dir / "input" / competition
+    comp.mkdir(parents=True)
+    (comp / "test_soundscapes").symlink_to(labelled.soundscapes.resolve(), target_is_directory=True)
+    (comp / "sample_submission.csv").symlink_to(sample_submission.resolve())
+    (score_dir / "input" / dist_dataset_slug(dist_dataset)).symlink_to(dist_dataset.resolve(), target_is_directory=True)
+    working = score_dir / "working"
+    working.mkdir()
+    return score_dir / "input", working
+
+
+def dist_dataset_slug(dist_dataset: Path) -> str:
+    meta = json.loads((dist_dataset / "dataset-metadata.json").read_text())
+    return meta["id"].split("/")[-1]
+
+
+def kernel_spec_dir(score_dir: Path) -> Path:
+    """A kernelspec for this very interpreter, so no other Python on the machine is picked."""
+    root = score_dir / "jupyter"
+    spec = root / "kernels" / KERNEL_NAME
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "birdkit", "language": "python"}))
+    return root
+
+
+def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: Path, timeout_s: int) -> float:
+    """Run every cell in a fresh kernel; returns wall seconds. The kernel's cwd is the working
+    folder and PYTHONPATH is cleared: the packaged dataset is its only code source."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(notebook, as_version=4)
+    env_updates = {"BIRDKIT_INPUT_DIR": str(input_dir.resolve()), "BIRDKIT_WORKING_DIR": str(working.resolve()),
+                   "JUPYTER_PATH": str(kernel_spec_dir(score_dir).resolve())}
+    saved = {k: os.environ.get(k) for k in (*env_updates, "PYTHONPATH")}
+    os.environ.update(env_updates)
+    os.environ.pop("PYTHONPATH", None)
+    t0 = time.perf_counter()
+    try:
+        client = NotebookClient(nb, timeout=timeout_s, kernel_name=KERNEL_NAME,
+                                resources={"metadata": {"path": str(working.resolve())}})
+        client.execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        nbformat.write(nb, score_dir / "executed.ipynb")
+    return time.perf_counter() - t0
+
+
+def check_submission(sub: pd.DataFrame, sample_submission: Path, soundscapes: Path, features: FeatureConfig) -> None:
+    """Exactly sample_submission's columns; each soundscape's rows, in sorted order."""
+    import soundfile as sf
+
+    columns = pd.read_csv(sample_submission, nrows=0).columns.tolist()
+    if sub.columns.tolist() != columns:
+        raise ScoreError("submission.csv columns differ from sample_submission.csv's")
+    expected = []
+    for path in sorted(p for p in soundscapes.iterdir() if p.suffix.lower() in {".ogg", ".wav", ".flac", ".mp3"}):
+        info = sf.info(str(path))
+        n = n_windows(int(round(info.duration * features.sample_rate_hz)), features)
+        expected += [f"{path.stem}_{int(round((i + 1) * features.window_s))}" for i in range(n)]
+    if sub.row_id.tolist() != expected:
+        raise ScoreError(f"submission.csv row_ids differ from the expected {len(expected)} rows in sorted order")
+
+
+def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) -> dict:
+    """Execute the notebook packaged in `dist` on ws's labelled soundscapes; score its output."""
+    dataset = dist / "dataset"
+    notebooks = sorted((dist / "notebook").glob("*.ipynb"))
+    if not notebooks or not (dataset / "birdkit.json").exists():
+        raise ScoreError(f"{dist} holds no packaged notebook: run `make package` first")
+    labelled = labelled_set(ws)
+    check_no_leak(labelled, dataset, ws)
+    sample_submission = ws.data_dir / "sample_submission.csv"
+    input_dir, working = arrange_input(ws.score_dir, labelled, sample_submission, competition, dataset)
+    wall_s = execute_notebook(notebooks[0], input_dir, working, ws.score_dir, timeout_s)
+    sub = pd.read_csv(working / "submission.csv")
+    manifest = json.loads((dataset / "birdkit.json").read_text())
+    check_submission(sub, sample_submission, labelled.soundscapes, FeatureConfig.from_dict(manifest["features"]))
+    solution = pd.read_csv(labelled.solution)
+    timing = json.loads((working / "timing.json").read_text())
+    n = max(timing["soundscapes"], 1)
+    result = {
+        "score": kaggle_score(solution, sub), "soundscapes": timing["soundscapes"], "rows": len(sub),
+        "notebook_wall_s": wall_s, "seconds_per_soundscape": timing["total_s"] / n,
+        "decode_s_per_soundscape": timing["decode_s"] / n, "features_s_per_soundscape": timing["features_s"] / n,
+        "model_s_per_soundscape": timing["model_s"] / n, "model": manifest.get("model_name"),
+        "solution": str(labelled.solution), "failures": timing["failures"],
+    }
+    (ws.score_dir / "score.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m submission.score", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="dataset whose labelled soundscapes to score on")
+    p.add_argument("--competition", default="birdclef-2024")
+    p.add_argument("--dist", type=Path, help="the packaged submission to run (default: submission/dist)")
+    p.add_argument("--timeout-s", type=int, default=3600, help="per-cell time limit")
+    args = p.parse_args(argv)
+    try:
+        r = score(Workspace.of(args.data), args.competition, args.dist or dist_dir(), args.timeout_s)
+    except ScoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"score: {r['model']} on {r['soundscapes']} soundscapes ({r['rows']} rows, {r['solution']})")
+    print(f"score: macro ROC-AUC (Kaggle's metric) = {r['score']:.4f}")
+    print(f"score: {r['seconds_per_soundscape']:.2f} s per soundscape (decode {r['decode_s_per_soundscape']:.2f}, "
+          f"features {r['features_s_per_soundscape']:.2f}, model {r['model_s_per_soundscape']:.2f}); "
+          f"notebook wall time {r['notebook_wall_s']:.1f} s")
+    if r["failures"]:
+        print(f"score: {len(r['failures'])} file problem(s) logged by the notebook: {r['failures'][:3]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The feature cache: complete, memory-mapped, resumable, and never fatal on a bad file."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.features import FeatureConfig, file_to_features
+from data.layout import read_metadata
+from data.preprocess import FeatureCache, PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache, preprocess, read_entries
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_dataset(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def cached_features(cache_dir: Path) -> dict[str, np.ndarray]:
+    cache = FeatureCache.open(cache_dir)
+    return {f: np.asarray(cache.windows[list(cache.rows_of(f))]) for f in cache.entries.index}
+
+
+def test_the_cache_holds_every_window_of_every_recording_equal_to_the_features(tiny_dataset):
+    cache_dir = preprocess(PreprocessConfig(tiny_dataset, workers=2, progress=False))
+    cache = FeatureCache.open(cache_dir)
+    meta = read_metadata(tiny_dataset)
+    assert sorted(cache.entries.index) == sorted(meta.filename)
+    assert cache.windows.shape == (int(cache.entries.n_windows.sum()), 128, 313)
+    first = meta.filename[0]
+    expected = file_to_features(tiny_dataset / "train_audio" / first, FeatureConfig())
+    assert np.array_equal(np.asarray(cache.windows[list(cache.rows_of(first))], np.float32), expected)
+    assert cache_is_current(cache_dir, tiny_dataset)
+
+
+def test_a_second_run_skips_what_is_done(tiny_dataset, capsys):
+    cfg = PreprocessConfig(tiny_dataset, workers=1, progress=False)
+    cache_dir = preprocess(cfg)
+    before = (cache_dir / "features.f16").read_bytes()
+    capsys.readouterr()
+    preprocess(cfg)
+    out = capsys.readouterr().out
+    n = len(read_metadata(tiny_dataset))
+    assert f"{n} recordings, {n} already cached" in out
+    assert (cache_dir / "features.f16").read_bytes() == before
+
+
+def test_a_killed_run_resumes_to_the_same_cache_as_an_uninterrupted_one(tiny_dataset, tmp_path):
+    data = copy_dataset(tiny_dataset, tmp_path / "killme")
+    env = {**os.environ, "BIRDKIT_ROOT": str(tmp_path / "root")}
+    cmd = [sys.executable, "-m", "data.preprocess", "--data", str(data), "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    entries = tmp_path / "root" / "data" / "cache" / "killme" / FeatureConfig().fingerprint() / "entries.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not entries.exists() or entries.read_text().count("\n") < 4):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = entries.read_text().count("\n") - 1
+    assert 3 <= committed < len(read_metadata(data)), "the kill should land mid-run"
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = cached_features(entries.parent)
+    clean = cached_features(preprocess(PreprocessConfig(tiny_dataset, workers=1, progress=False)))
+    assert resumed.keys() == clean.keys()
+    assert all(np.array_equal(resumed[k], clean[k]) for k in clean)
+    rows = read_entries(entries.parent)
+    assert rows.filename.is_unique
+    assert (entries.parent / "features.f16").stat().st_size == rows.n_windows.sum() * 128 * 313 * 2
+
+
+def test_unreadable_and_missing_files_are_skipped_with_a_reason_not_fatal(tiny_dataset, tmp_path, capsys):
+    data = copy_dataset(tiny_dataset, tmp_path / "broken")
+    meta = read_metadata(data)
+    corrupt, missing = meta.filename[0], meta.filename[1]
+    (data / "train_audio" / corrupt).write_bytes(b"not audio at all")
+    (data / "train_audio" / missing).unlink()
+    cache_dir = preprocess(PreprocessConfig(data, workers=1, progress=False))
+    out = capsys.readouterr().out
+    entries = read_entries(cache_dir).set_index("filename")
+    assert entries.loc[corrupt, "status"] == "skipped" and "unreadable audio" in entries.loc[corrupt, "detail"]
+    assert entries.loc[missing, "status"] == "missing"
+    assert (entries.status == "ok").sum() == len(meta) - 2
+    assert "2 recording(s) skipped" in out and corrupt in out
+
+
+def test_a_changed_metadata_makes_the_cache_stale_and_only_new_recordings_are_processed(tiny_dataset, tmp_path, capsys):
+    data = copy_dataset(tiny_dataset, tmp_path / "growing")
+    meta = pd.read_csv(data / "train_metadata.csv")
+    meta.iloc[:-1].to_csv(data / "train_metadata.csv", index=False)
+    cfg = PreprocessConfig(data, workers=1, progress=False)
+    cache_dir = ensure_cache(cfg)
+    meta.to_csv(data / "train_metadata.csv", index=False)  # one more recording
+    assert not cache_is_current(cache_dir, data)
+    capsys.readouterr()
+    ensure_cache(cfg)
+    out = capsys.readouterr().out
+    assert "missing or stale" in out and f"{len(meta) - 1} already cached" in out
+    assert cache_is_current(cache_dir, data)
+    assert len(FeatureCache.open(cache_dir).entries) == len(meta)
+
+
+def test_denoised_features_get_their_own_cache(tiny_dataset):
+    plain = cache_dir_for(tiny_dataset, FeatureConfig())
+    denoised = cache_dir_for(tiny_dataset, FeatureConfig(denoise=True))
+    assert plain != denoised and plain.parent == denoised.parent

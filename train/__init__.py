@@ -1,0 +1,1 @@
+"""Training stage: models, the training loop, metrics and run reports."""

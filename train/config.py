@@ -1,0 +1,84 @@
+"""TrainConfig: one typed, printed and saved config per training run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from data.features import FeatureConfig
+
+# The seed experiments' hyperparameters per model (batch, optimiser, learning rate, epochs).
+MODEL_DEFAULTS = {
+    "simple_cnn": dict(batch_size=32, optimizer="adam", lr=1e-3, epochs=30),
+    "resnet18": dict(batch_size=64, optimizer="adam", lr=1e-4, epochs=20),
+    "inception_v3": dict(batch_size=32, optimizer="adam", lr=1e-3, epochs=20),
+}
+
+# The demo's short CPU schedule: minutes on two cores, no downloads.
+DEMO_SCHEDULE = {
+    "simple_cnn": dict(epochs=10, pretrained=False),
+    "resnet18": dict(epochs=4, pretrained=False, lr=1e-3),
+    "inception_v3": dict(epochs=2, pretrained=False),
+}
+SCHEDULES = {"full": {}, "demo": DEMO_SCHEDULE}
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data_dir: str
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "ce"  # ce: softmax over the primary label | bce: sigmoid, primary + secondary labels
+    aux_loss_weight: float = 0.4  # Inception's auxiliary head
+    pretrained: bool = True
+    input_hw: tuple[int, int] | None = None  # None: the architecture's default
+    max_windows_per_recording: int = 6  # first windows of each recording, for training and validation
+    val_fraction: float = 0.2
+    holdout_fraction: float = 0.15  # recordings kept for `make holdout`; never trained on
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision on CUDA
+    num_workers: int = 0
+    schedule: str = "full"
+
+    def __post_init__(self):
+        if isinstance(self.features, dict):
+            self.features = FeatureConfig.from_dict(self.features)
+        if self.input_hw is not None:
+            self.input_hw = tuple(self.input_hw)
+        if self.loss not in ("ce", "bce"):
+            raise ValueError(f"loss must be 'ce' or 'bce', got {self.loss!r}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["features"] = self.features.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def config_for(model: str, data_dir: str, schedule: str = "full", **overrides) -> TrainConfig:
+    """Defaults, then the model's seed hyperparameters, then the schedule, then overrides."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    values = {**MODEL_DEFAULTS.get(model, {}), **SCHEDULES[schedule].get(model, {})}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(model=model, data_dir=str(data_dir), schedule=schedule, **values)

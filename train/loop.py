@@ -1,0 +1,224 @@
+"""One training run: cache -> splits -> epochs -> run folder.
+
+A run folder (train/runs/<dataset>/<model>-<time>/) holds:
+    config.json           the TrainConfig, printed at start
+    split.json            train / validation / held-out recordings
+    metrics.csv           one line per epoch: losses, val accuracy, val macro ROC-AUC, speed
+    curves.png            the same as a picture
+    best.pt               weights, config and classes of the best epoch (val ROC-AUC)
+    confusion.png         the best epoch's validation confusion matrix
+    summary.json          written last: status "finished" and the best epoch's metrics
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from data.layout import class_list, read_metadata
+from data.preprocess import FeatureCache
+from train.config import TrainConfig
+from train.data import CachedWindows, make_splits
+from train.metrics import accuracy, macro_roc_auc
+from train.models import build_model, forward_logits
+from train.plots import confusion, plot_confusion, plot_curves, top_confusions
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(pref: str) -> torch.device:
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(pref)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def loss_fn(cfg: TrainConfig, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if cfg.loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    return F.cross_entropy(logits, labels)
+
+
+def probabilities(loss: str, logits: torch.Tensor) -> torch.Tensor:
+    """The activation the exported model applies: softmax for ce, sigmoid for bce."""
+    return torch.sigmoid(logits) if loss == "bce" else torch.softmax(logits, dim=-1)
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@dataclass
+class EpochResult:
+    train_loss: float
+    samples_per_s: float
+
+
+def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler) -> EpochResult:
+    model.train()
+    total, n, t0 = 0.0, 0, time.perf_counter()
+    for x, labels, targets in loader:
+        x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
+        with autocast_for(device, cfg.amp):
+            logits, aux = forward_logits(model, x)  # [B, C], Inception: aux [B, C]
+            loss = loss_fn(cfg, logits.float(), labels, targets)
+            if aux is not None:
+                loss = loss + cfg.aux_loss_weight * loss_fn(cfg, aux.float(), labels, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item() * len(x)
+        n += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return EpochResult(total / max(n, 1), n / (time.perf_counter() - t0))
+
+
+@torch.no_grad()
+def predict(model, loader, cfg: TrainConfig, device) -> tuple[float, np.ndarray]:
+    """(mean loss, probabilities [n, classes]) over a loader, in eval mode."""
+    model.eval()
+    total, n, probs = 0.0, 0, []
+    for x, labels, targets in loader:
+        x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
+        with autocast_for(device, cfg.amp):
+            logits = model(x).float()
+        total += loss_fn(cfg, logits, labels, targets).item() * len(x)
+        n += len(x)
+        probs.append(probabilities(cfg.loss, logits).cpu().numpy())
+    return total / max(n, 1), np.concatenate(probs)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path) -> dict:
+    """Train one model; returns the summary also written to run_dir/summary.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"\n=== {cfg.model} -> {run_dir}")
+    print("config:", json.dumps(cfg.to_dict()))
+    cfg.save(run_dir / "config.json")
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+
+    meta = read_metadata(Path(cfg.data_dir))
+    classes = class_list(meta)
+    cache = FeatureCache.open(cache_dir)
+    splits = make_splits(cache, meta, classes, cfg)
+    _atomic_json(run_dir / "split.json", {
+        "train": splits.train.recordings, "val": splits.val.recordings,
+        "holdout": splits.holdout, "skipped": splits.skipped, "classes": classes,
+    })
+    print(f"data: {len(classes)} classes, {len(splits.train)} train windows "
+          f"({len(splits.train.recordings)} recordings), {len(splits.val)} val windows "
+          f"({len(splits.val.recordings)} recordings), {len(splits.holdout)} recordings held out")
+
+    pin = device.type == "cuda"
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(CachedWindows(cache, splits.train), batch_size=cfg.batch_size, shuffle=True,
+                              generator=g, num_workers=cfg.num_workers, pin_memory=pin, drop_last=False)
+    val_loader = DataLoader(CachedWindows(cache, splits.val), batch_size=max(cfg.batch_size, 64),
+                            num_workers=cfg.num_workers, pin_memory=pin)
+
+    model = build_model(cfg.model, len(classes), pretrained=cfg.pretrained, input_hw=cfg.input_hw).to(device)
+    optimizer = make_optimizer(cfg, model.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                  and not torch.cuda.is_bf16_supported())
+    history, best = [], None
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        tr = train_epoch(model, train_loader, cfg, optimizer, device, scaler)
+        val_loss, probs = predict(model, val_loader, cfg, device)
+        row = {
+            "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,
+            "val_accuracy": accuracy(splits.val.label_idx, probs),
+            "val_roc_auc": macro_roc_auc(_one_hot(splits.val.label_idx, len(classes)), probs),
+            "train_samples_per_s": tr.samples_per_s, "epoch_s": time.perf_counter() - t0,
+        }
+        history.append(row)
+        _write_history(history, run_dir, cfg)
+        improved = best is None or (row["val_roc_auc"], row["val_accuracy"]) > (best["val_roc_auc"], best["val_accuracy"])
+        print(f"epoch {epoch:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
+              f"val_acc {row['val_accuracy']:.4f}  val_auc {row['val_roc_auc']:.4f}  "
+              f"{row['train_samples_per_s']:.0f} samples/s" + ("  *best" if improved else ""))
+        if improved:
+            best = row
+            _save_best(model, cfg, classes, row, probs, splits.val, run_dir)
+    summary = _finish(cfg, classes, history, best, model, run_dir)
+    return summary
+
+
+def _one_hot(idx: np.ndarray, n: int) -> np.ndarray:
+    y = np.zeros((len(idx), n), np.int8)
+    y[np.arange(len(idx)), idx] = 1
+    return y
+
+
+def _write_history(history: list[dict], run_dir: Path, cfg: TrainConfig) -> None:
+    df = pd.DataFrame(history)
+    tmp = run_dir / ".metrics.csv.tmp"
+    df.to_csv(tmp, index=False, float_format="%.6f")
+    os.replace(tmp, run_dir / "metrics.csv")
+    plot_curves(df, run_dir / "curves.png", f"{cfg.model} on {Path(cfg.data_dir).name}")
+
+
+def _save_best(model, cfg: TrainConfig, classes: list[str], row: dict, probs: np.ndarray, val, run_dir: Path) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_torch_save({"model_state": state, "config": cfg.to_dict(), "classes": classes,
+                        "epoch": row["epoch"], "metrics": row}, run_dir / "best.pt")
+    np.savez_compressed(run_dir / "val_predictions.npz", probs=probs.astype(np.float32),
+                        label_idx=val.label_idx, filenames=val.filenames)
+
+
+def _finish(cfg: TrainConfig, classes: list[str], history: list[dict], best: dict, model, run_dir: Path) -> dict:
+    pred = np.load(run_dir / "val_predictions.npz")
+    m = confusion(pred["label_idx"], pred["probs"].argmax(1), len(classes))
+    plot_confusion(m, classes, run_dir / "confusion.png", f"{cfg.model}: validation, epoch {best['epoch']}")
+    mistakes = top_confusions(m, classes)
+    if mistakes:
+        print("most confused (true -> predicted: windows): "
+              + ", ".join(f"{t} -> {p}: {c}" for t, p, c in mistakes))
+    summary = {
+        "status": "finished", "model": cfg.model, "run": run_dir.name, "best_epoch": best["epoch"],
+        "epochs": len(history), "val_accuracy": best["val_accuracy"], "val_roc_auc": best["val_roc_auc"],
+        "val_loss": best["val_loss"], "train_samples_per_s": float(np.median([h["train_samples_per_s"] for h in history])),
+        "parameters": sum(p.numel() for p in model.parameters()), "classes": len(classes),
+        "top_confusions": [list(x) for x in mistakes],
+    }
+    _atomic_json(run_dir / "summary.json", summary)
+    return summary

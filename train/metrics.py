@@ -1,0 +1,64 @@
+"""Metrics: Kaggle's BirdCLEF score (macro ROC-AUC over classes with a positive) and accuracy.
+
+Kaggle's metric drops every class column whose solution has no positive, then calls
+sklearn.metrics.roc_auc_score(average='macro') on the rest. macro_roc_auc reproduces it with
+a rank formula (ties get average ranks), so training does not depend on sklearn's version.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _rankdata(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties averaged (scipy.stats.rankdata's 'average')."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
+    ends = np.r_[starts[1:], len(x)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + 1 + e) / 2.0
+    return ranks
+
+
+def binary_roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Probability that a random positive outranks a random negative (ties count half)."""
+    y_true = np.asarray(y_true).astype(bool)
+    n_pos, n_neg = int(y_true.sum()), int((~y_true).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("ROC-AUC needs at least one positive and one negative")
+    ranks = _rankdata(np.asarray(score, dtype=np.float64))
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Kaggle's BirdCLEF metric on arrays [n_rows, n_classes]: the mean ROC-AUC over the
+    classes with at least one positive. A class that is positive in every row has no
+    negative: sklearn (hence Kaggle) raises there too."""
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score)
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"shape mismatch: solution {y_true.shape} vs submission {y_score.shape}")
+    scored = np.flatnonzero(y_true.sum(axis=0) > 0)
+    if len(scored) == 0:
+        raise ValueError("no class has a positive: the metric is undefined")
+    return float(np.mean([binary_roc_auc(y_true[:, j], y_score[:, j]) for j in scored]))
+
+
+def kaggle_score(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column: str = "row_id") -> float:
+    """Kaggle's score() for BirdCLEF 2024 on the two CSVs' frames, rows matched by row_id."""
+    missing = set(solution[row_id_column]) - set(submission[row_id_column])
+    if missing:
+        raise ValueError(f"submission lacks {len(missing)} row_id(s), e.g. {sorted(missing)[:3]}")
+    classes = [c for c in solution.columns if c != row_id_column]
+    lacking = [c for c in classes if c not in submission.columns]
+    if lacking:
+        raise ValueError(f"submission lacks class column(s) {lacking[:5]}")
+    sub = submission.set_index(row_id_column).loc[solution[row_id_column], classes]
+    return macro_roc_auc(solution[classes].to_numpy(), sub.to_numpy(dtype=np.float64))
+
+
+def accuracy(true_idx: np.ndarray, scores: np.ndarray) -> float:
+    """Share of windows whose top-scoring class is the primary label."""
+    return float(np.mean(np.argmax(scores, axis=1) == np.asarray(true_idx)))
