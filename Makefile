@@ -17,7 +17,7 @@ COMPETITION ?= birdclef-2024
 DATA        ?= data/$(COMPETITION)
 SAMPLE      ?= data/sample
 MODELS      ?= simple_cnn resnet18 inception_v3
-DENOISE     ?= 0
+DENOISE     ?= none
 SEED        ?= 0
 # Extra flags per stage, e.g. TRAIN_ARGS="--epochs 30"
 DATA_ARGS        ?=
@@ -29,7 +29,8 @@ SCORE_ARGS       ?=
 HOLDOUT_ARGS     ?=
 PYTEST_ARGS      ?=
 
-FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise,)
+FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
+BENCH_ARGS  ?=
 STAMP := $(VENV)/.installed-$(ORT)
 
 .PHONY: help venv data sample preprocess train export package score holdout demo test report \
@@ -74,6 +75,9 @@ holdout: venv  ## labelled held-out soundscapes from withheld recordings of DATA
 
 score: package  ## run the packaged notebook on labelled soundscapes, print Kaggle's metric
 	$(PY) -m submission.score --data $(DATA) $(SCORE_ARGS)
+
+bench-preprocess: venv  ## decode + denoise + mel speed per core for each denoise mode
+	$(PY) -m bench.preprocess $(BENCH_ARGS)
 
 demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
 	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)

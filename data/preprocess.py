@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.features import FEATURES_VERSION, AudioError, FeatureConfig, file_to_features
+from data.features import DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, file_to_features
 from data.layout import read_metadata
 from data.paths import Workspace
 
@@ -65,6 +65,7 @@ class CacheWriter:
         self.features = features
         self.row_bytes = int(np.prod(features.shape)) * np.dtype(STORE_DTYPE).itemsize
         cache_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _exclusive_lock(cache_dir / ".lock")
         self._write_header()
         self.done, self.n_rows = self._recover()
         self._data = open(self.dir / "features.f16", "r+b" if (self.dir / "features.f16").exists() else "w+b")
@@ -116,6 +117,20 @@ class CacheWriter:
             f.flush()
             os.fsync(f.fileno())
             f.close()
+        self._lock.close()  # releases the lock
+
+
+def _exclusive_lock(path: Path):
+    """One writer per cache: a second preprocess of the same cache fails at once."""
+    import fcntl
+
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RuntimeError(f"another preprocess is writing {path.parent} right now; wait for it to finish") from None
+    return f
 
 
 def read_entries(cache_dir: Path) -> pd.DataFrame:
@@ -265,7 +280,9 @@ class FeatureCache:
 # ------------------------------------------------------------------------------ CLI
 def feature_args(parser: argparse.ArgumentParser) -> None:
     """Feature flags shared by every stage that may have to build the cache."""
-    parser.add_argument("--denoise", action="store_true", help="apply noisereduce before the mel")
+    parser.add_argument("--denoise", nargs="?", const="noisereduce", default="none", choices=DENOISE_MODES,
+                        help="noise reduction before the mel: none | spectral (fast gate) | noisereduce "
+                             "(the library; a bare --denoise)")
     parser.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
     parser.add_argument("--max-windows", type=int, default=0,
                         help="cache at most this many windows per recording (0: all)")

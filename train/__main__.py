@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from data.features import FeatureConfig
+from data.features import DENOISE_MODES, FeatureConfig
 from data.paths import Workspace
 from data.preprocess import PreprocessConfig, ensure_cache
 from train.config import SCHEDULES, config_for
@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-workers", type=int, help="DataLoader workers")
-    p.add_argument("--denoise", action="store_true", help="features with noisereduce (own cache)")
+    p.add_argument("--denoise", nargs="?", const="noisereduce", default="none", choices=DENOISE_MODES,
+                   help="noise reduction in the features (own cache): none | spectral | noisereduce")
     p.add_argument("--preprocess-workers", type=int, default=0, help="processes for preprocessing (0: all cores)")
     return p.parse_args(argv)
 

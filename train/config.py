@@ -36,6 +36,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: str = "ce"  # ce: softmax over the primary label | bce: sigmoid, primary + secondary labels
     aux_loss_weight: float = 0.4  # Inception's auxiliary head
+    mixup_prob: float = 0.0  # share of batches blended with a shuffled copy of themselves
+    mixup_alpha: float = 0.5
+    power_mix_prob: float = 0.0  # share of batches where windows are added to others in power
+    power_mix_snr_db: tuple[float, float] = (0.0, 15.0)  # level of the added window below the first
+    spec_mask: bool = False  # one random time band and one mel band zeroed per window
     pretrained: bool = True
     input_hw: tuple[int, int] | None = None  # None: the architecture's default
     max_windows_per_recording: int = 6  # first windows of each recording, for training and validation
@@ -52,6 +57,7 @@ class TrainConfig:
             self.features = FeatureConfig.from_dict(self.features)
         if self.input_hw is not None:
             self.input_hw = tuple(self.input_hw)
+        self.power_mix_snr_db = tuple(self.power_mix_snr_db)
         if self.loss not in ("ce", "bce"):
             raise ValueError(f"loss must be 'ce' or 'bce', got {self.loss!r}")
         if self.optimizer not in ("adam", "adamw", "sgd"):

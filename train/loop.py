@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from data.layout import class_list, read_metadata
 from data.preprocess import FeatureCache
+from train.augment import mixup, power_mix, spec_mask
 from train.config import TrainConfig
 from train.data import CachedWindows, make_splits
 from train.metrics import accuracy, macro_roc_auc
@@ -55,10 +56,17 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def loss_fn(cfg: TrainConfig, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def batch_targets(cfg: TrainConfig, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B, C] float: the primary label one-hot (ce) or primary + secondary labels (bce)."""
     if cfg.loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    return F.cross_entropy(logits, labels)
+        return targets
+    return F.one_hot(labels, targets.shape[1]).float()
+
+
+def loss_fn(cfg: TrainConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if cfg.loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, y)
+    return F.cross_entropy(logits, y)  # y: class probabilities (soft after mixup)
 
 
 def probabilities(loss: str, logits: torch.Tensor) -> torch.Tensor:
@@ -79,16 +87,27 @@ class EpochResult:
     samples_per_s: float
 
 
-def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler) -> EpochResult:
+def augment(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+    if cfg.spec_mask:
+        x = spec_mask(x, gen)
+    if cfg.mixup_prob > 0 and torch.rand(1, generator=gen).item() < cfg.mixup_prob:
+        x, y = mixup(x, y, cfg.mixup_alpha, union_targets=cfg.loss == "bce", gen=gen)
+    if cfg.power_mix_prob > 0 and torch.rand(1, generator=gen).item() < cfg.power_mix_prob:
+        x, y = power_mix(x, y, cfg.power_mix_snr_db, cfg.features.top_db, gen)
+    return x, y
+
+
+def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen: torch.Generator) -> EpochResult:
     model.train()
     total, n, t0 = 0.0, 0, time.perf_counter()
     for x, labels, targets in loader:
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
+        x, y = augment(cfg, x, batch_targets(cfg, labels, targets), gen)  # x [B, M, T], y [B, C]
         with autocast_for(device, cfg.amp):
             logits, aux = forward_logits(model, x)  # [B, C], Inception: aux [B, C]
-            loss = loss_fn(cfg, logits.float(), labels, targets)
+            loss = loss_fn(cfg, logits.float(), y)
             if aux is not None:
-                loss = loss + cfg.aux_loss_weight * loss_fn(cfg, aux.float(), labels, targets)
+                loss = loss + cfg.aux_loss_weight * loss_fn(cfg, aux.float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -109,7 +128,7 @@ def predict(model, loader, cfg: TrainConfig, device) -> tuple[float, np.ndarray]
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
         with autocast_for(device, cfg.amp):
             logits = model(x).float()
-        total += loss_fn(cfg, logits, labels, targets).item() * len(x)
+        total += loss_fn(cfg, logits, batch_targets(cfg, labels, targets)).item() * len(x)
         n += len(x)
         probs.append(probabilities(cfg.loss, logits).cpu().numpy())
     return total / max(n, 1), np.concatenate(probs)
@@ -159,10 +178,11 @@ def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path) -> dict:
     optimizer = make_optimizer(cfg, model.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
                                   and not torch.cuda.is_bf16_supported())
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     history, best = [], None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        tr = train_epoch(model, train_loader, cfg, optimizer, device, scaler)
+        tr = train_epoch(model, train_loader, cfg, optimizer, device, scaler, aug_gen)
         val_loss, probs = predict(model, val_loader, cfg, device)
         row = {
             "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,

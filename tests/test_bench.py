@@ -1,0 +1,54 @@
+"""`make bench-preprocess`: the CLI runs end to end on a tiny synthetic input."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.preprocess", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_help_names_the_options():
+    out = run_bench("--help")
+    assert out.returncode == 0, out.stderr
+    for flag in ("--data", "--files", "--repeats", "--synthetic", "--soundscape-seconds", "--modes"):
+        assert flag in out.stdout
+
+
+def test_the_bench_prints_a_table_of_every_mode_and_writes_json(tmp_path):
+    out_json = tmp_path / "preprocess.json"
+    out = run_bench("--synthetic", "--files", "1", "--repeats", "1", "--soundscape-seconds", "6",
+                    "--out", str(out_json))
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    header = next(line for line in text.splitlines() if line.startswith("mode") and "x real time" in line)
+    for column in ("decode s", "denoise s", "mel s", "total s", "vs none", "peak RSS", "train set, 16 cores"):
+        assert column in header
+    for mode in ("none", "spectral", "noisereduce"):
+        rows = [line for line in text.splitlines() if line.startswith(mode + " ")]
+        assert len(rows) == 2, text  # the input-set row and the one-soundscape row
+        speed = float(re.search(r"(\d+)x", rows[0]).group(1))
+        assert speed > 0
+        numbers = [float(x) for x in re.findall(r"\d+\.\d+", rows[0])]
+        assert numbers and all(x >= 0 for x in numbers) and numbers[-1] > 0  # the projection, in minutes
+    assert re.search(r"one 6-s soundscape \(2 windows\)", text) and "estimate" in text
+
+    report = json.loads(out_json.read_text())
+    assert [m["mode"] for m in report["modes"]] == ["none", "spectral", "noisereduce"]
+    for m in report["modes"]:
+        assert m["x_real_time_per_core"] > 0 and m["seconds"]["total"] > 0 and m["seconds"]["decode"] > 0
+        assert m["seconds"]["mel"] > 0 and m["rss_peak_mib"] > 0 and m["train_set_projection_h"] > 0
+        assert m["soundscape"]["seconds"]["total"] > 0
+    nr = report["modes"][2]
+    assert nr["seconds"]["denoise"] > 0 and nr["time_vs_none"] > 1
+    assert report["assumptions"]["train_set_hours_is_estimate"] is True
+
+
+def test_an_unknown_mode_is_refused():
+    out = run_bench("--modes", "none,fast", "--synthetic")
+    assert out.returncode != 0 and "fast" in out.stderr

@@ -1,0 +1,213 @@
+"""`make holdout`: the call detector, the held-out split training never sees, and the labelled
+soundscapes (audio format, Kaggle's solution format, the labelling rule, determinism)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from data import holdout
+from data.holdout import HoldoutConfig, SAMPLE_RATE_HZ, build_holdout, call_segments, detect_activity
+from data.labels import CallEvent, window_labels
+from data.layout import class_list, read_metadata
+from data.paths import Workspace
+from data.split import holdout_recordings
+
+SR = SAMPLE_RATE_HZ
+
+
+# ------------------------------------------------------------------------------ helpers
+def _noisy_track(duration_s: float, seed: int = 0) -> np.ndarray:
+    """Quiet pink noise plus a loud 40-Hz rumble: the detector must see through both."""
+    rng = np.random.default_rng(seed)
+    n = int(duration_s * SR)
+    return holdout.pink_noise(n, rng, rms=0.01) + 0.05 * np.sin(2 * np.pi * 40 * np.arange(n) / SR).astype(np.float32)
+
+
+def _add_tone(y: np.ndarray, start_s: float, end_s: float, freq_hz: float, amplitude: float = 0.03) -> None:
+    t = np.arange(int(round((end_s - start_s) * SR))) / SR
+    y[int(round(start_s * SR)):int(round(start_s * SR)) + len(t)] += amplitude * np.sin(2 * np.pi * freq_hz * t)
+
+
+def _solution(out_dir) -> pd.DataFrame:
+    return pd.read_csv(out_dir / "solution.csv")
+
+
+def _manifest(out_dir) -> dict:
+    return json.loads((out_dir / "holdout.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("holdout-a") / "tiny"
+    build_holdout(tiny_dataset, HoldoutConfig(seed=0), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built_again(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("holdout-b") / "tiny"
+    build_holdout(tiny_dataset, HoldoutConfig(seed=0), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built_other_seed(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("holdout-c") / "tiny"
+    build_holdout(tiny_dataset, HoldoutConfig(seed=1), out, progress=False)
+    return out
+
+
+# ------------------------------------------------------------------------------ the detector
+def test_detector_finds_known_calls_within_a_tenth_of_a_second():
+    y = _noisy_track(10.0)
+    truth = [(1.0, 1.5, 3000), (3.0, 4.2, 6000), (6.0, 6.4, 450)]  # 450 Hz: a low call, near the rumble
+    for start_s, end_s, freq_hz in truth:
+        _add_tone(y, start_s, end_s, freq_hz)
+    found = detect_activity(y, SR)
+    assert len(found) == len(truth), found
+    for (start_s, end_s), (true_start_s, true_end_s, _) in zip(found, truth):
+        assert abs(start_s - true_start_s) < 0.1 and abs(end_s - true_end_s) < 0.1, found
+
+
+def test_detector_merges_the_notes_of_a_phrase_and_drops_blips():
+    y = _noisy_track(6.0, seed=1)
+    for k in range(8):  # a trill: 8 notes of 50 ms, 100 ms apart, from 1.0 s to 1.75 s
+        _add_tone(y, 1.0 + 0.1 * k, 1.05 + 0.1 * k, 4000)
+    _add_tone(y, 4.0, 4.03, 4000)  # a 30-ms blip, shorter than min_segment_s
+    found = detect_activity(y, SR)
+    assert len(found) == 1, found
+    assert abs(found[0][0] - 1.0) < 0.1 and abs(found[0][1] - 1.75) < 0.1, found
+
+
+def test_steady_noise_has_no_calls_and_then_counts_as_one_call_throughout():
+    y = _noisy_track(5.0, seed=2)
+    assert detect_activity(y, SR) == []
+    assert call_segments(y, SR) == [(0.0, 5.0)]
+
+
+def test_a_placed_recording_sits_at_the_drawn_snr_over_the_local_background():
+    rng = np.random.default_rng(3)
+    background = holdout.pink_noise(20 * SR, rng, rms=0.02)
+    track = background.copy()
+    recording = _noisy_track(4.0, seed=4) * 0.01
+    _add_tone(recording, 1.0, 2.5, 2500, amplitude=0.5)
+    cfg = HoldoutConfig(snr_db=(6.0, 6.0))
+    placed = holdout.place_recording(track, background, recording, "x/a.ogg", "x", cfg, rng)
+    assert placed is not None and placed.snr_db == 6.0
+    start = int(round(placed.start_s * SR))
+    (ev,) = placed.events
+    call = slice(int(round(ev.start_s * SR)), int(round(ev.end_s * SR)))
+    local = holdout.band_power(background[start:start + len(recording)])
+    mixed_call = holdout.band_power((track - background)[call])
+    assert 10 * np.log10(mixed_call / local) == pytest.approx(6.0, abs=0.5)
+    assert abs(ev.start_s - placed.start_s - 1.0) < 0.1 and abs(ev.end_s - placed.start_s - 2.5) < 0.1
+
+
+def test_every_held_out_recording_is_used_once_by_default_and_reused_only_on_request():
+    rng = np.random.default_rng(0)
+    clip_s = list(rng.uniform(2, 30, size=40))
+    cfg = HoldoutConfig()
+    n = holdout.default_soundscape_count(clip_s, cfg)
+    groups = holdout.assign_recordings(clip_s, n, cfg.clip_budget_s, rng)
+    assert sorted(i for g in groups for i in g) == list(range(40))
+    many = holdout.assign_recordings(clip_s, 3 * n, cfg.clip_budget_s, rng)
+    assert all(len(set(g)) == len(g) and g for g in many)  # reused across soundscapes, never within one
+
+
+# ------------------------------------------------------------------------------ the split
+def test_held_out_recordings_are_the_split_and_training_never_sees_one(tiny_dataset, built):
+    from data.preprocess import FeatureCache, PreprocessConfig, preprocess
+    from train.config import TrainConfig
+    from train.data import make_splits
+
+    meta = read_metadata(tiny_dataset)
+    manifest = _manifest(built)
+    expected = holdout_recordings(meta, 0.15, 0)
+    assert expected and manifest["held_out"] == expected
+    assert manifest["recordings"] == expected  # all of them mixed in, and nothing else
+
+    cfg = TrainConfig(model="simple_cnn", data_dir=str(tiny_dataset))
+    assert (cfg.holdout_fraction, cfg.seed) == (manifest["fraction"], manifest["seed"])
+    cache = FeatureCache.open(preprocess(PreprocessConfig(tiny_dataset, progress=False)))
+    splits = make_splits(cache, meta, class_list(meta), cfg)
+    trained_on = set(splits.train.recordings) | set(splits.val.recordings)
+    assert trained_on and not trained_on & set(manifest["recordings"])
+    assert splits.holdout == manifest["held_out"]
+
+
+# ------------------------------------------------------------------------------ the outputs
+def test_soundscapes_are_four_minutes_of_32_khz_mono_written_atomically(built):
+    files = sorted((built / "test_soundscapes").glob("*.ogg"))
+    assert files and all(f.stem.startswith("soundscape_") and len(f.stem) == len("soundscape_") + 6 for f in files)
+    for f in files:
+        info = sf.info(str(f))
+        assert (info.samplerate, info.channels) == (32_000, 1)
+        assert info.duration == pytest.approx(240.0, abs=0.01)
+    assert not [p for p in built.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_solution_has_48_rows_per_soundscape_and_the_class_list_as_columns(tiny_dataset, built):
+    solution = _solution(built)
+    stems = sorted(f.stem for f in (built / "test_soundscapes").glob("*.ogg"))
+    assert solution.columns.tolist() == ["row_id", *class_list(read_metadata(tiny_dataset))]
+    assert solution.row_id.tolist() == [f"{s}_{end}" for s in stems for end in range(5, 241, 5)]
+    assert set(np.unique(solution.iloc[:, 1:].to_numpy())) <= {0, 1}
+
+
+def test_labels_follow_the_one_rule_on_the_recorded_events(tiny_dataset, built):
+    meta = read_metadata(tiny_dataset)
+    classes = class_list(meta)
+    primary = dict(zip(meta.filename, meta.primary_label))
+    solution = _solution(built).set_index("row_id")
+    events = _manifest(built)["events"]
+    assert sum(len(v) for v in events.values()) >= 4
+    for stem, evs in events.items():
+        assert all(primary[e["source"]] == e["label"] and 0 <= e["start_s"] < e["end_s"] <= 240 for e in evs)
+        expected = window_labels([CallEvent(e["label"], e["start_s"], e["end_s"]) for e in evs], 48, classes)
+        got = solution.loc[[f"{stem}_{end}" for end in range(5, 241, 5)], classes].to_numpy()
+        np.testing.assert_array_equal(got, expected)
+    assert solution.to_numpy().sum() > 0
+
+
+def test_same_seed_gives_the_same_labels_and_another_seed_other_ones(built, built_again, built_other_seed):
+    pd.testing.assert_frame_equal(_solution(built), _solution(built_again))
+    assert _manifest(built)["events"] == _manifest(built_again)["events"]
+    assert _manifest(built)["events"] != _manifest(built_other_seed)["events"]
+    assert _manifest(built_other_seed)["seed"] == 1
+
+
+def test_a_dataset_without_unlabeled_soundscapes_gets_pink_noise(tiny_dataset, tmp_path):
+    data = tmp_path / "nounlabeled"
+    shutil.copytree(tiny_dataset, data, ignore=shutil.ignore_patterns("unlabeled_soundscapes"))
+    out = tmp_path / "out"
+    manifest = build_holdout(data, HoldoutConfig(seed=0), out, progress=False)
+    assert set(manifest["backgrounds"].values()) == {"pink noise"}
+    assert len(_solution(out)) == 48 * len(manifest["events"])
+
+
+def test_cli_rejects_a_length_that_is_not_whole_windows(tiny_dataset, capsys):
+    assert holdout.main(["--data", str(tiny_dataset), "--duration-s", "7", "--quiet"]) == 2
+    assert "multiple of 5" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ real data
+def test_real_recordings_make_scorable_soundscapes(realbirds, tmp_path, monkeypatch, capsys):
+    from submission.score import labelled_set
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    assert holdout.main(["--data", str(realbirds), "--quiet"]) == 0
+    ws = Workspace.of(realbirds)
+    labelled = labelled_set(ws)
+    assert labelled.solution == ws.holdout_dir / "solution.csv"
+    solution = pd.read_csv(labelled.solution)
+    n_scapes = len(list(labelled.soundscapes.glob("*.ogg")))
+    assert n_scapes >= 1 and len(solution) == 48 * n_scapes
+    assert solution.groupby(solution.row_id.str.rsplit("_", n=1).str[0]).size().eq(48).all()
+    assert (solution.iloc[:, 1:].sum() > 0).sum() >= 5  # several classes are scorable
+    assert set(labelled.recordings) <= set(holdout_recordings(read_metadata(realbirds), 0.15, 0))
+    assert "no held-out recording" in capsys.readouterr().out

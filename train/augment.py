@@ -1,0 +1,54 @@
+"""Batch augmentations on feature windows [B, n_mels, n_frames], on the training device.
+
+Both are cheap tensor ops that top BirdCLEF solutions found worth it: mixup teaches the
+overlapping calls of soundscapes; time/frequency masking teaches robustness to masked calls."""
+from __future__ import annotations
+
+import torch
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, union_targets: bool, gen: torch.Generator):
+    """Blend each window with another of the batch.
+
+    x [B, M, T], y [B, C] -> mixed x, mixed y. Targets are the union (max) of both windows' labels
+    for sigmoid training (both species are present), the blend for softmax training."""
+    lam = torch.distributions.Beta(alpha, alpha).sample((len(x),)).to(x.device)  # [B]
+    lam = torch.maximum(lam, 1 - lam)  # the first window stays dominant
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    x = lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x[perm]
+    if union_targets:
+        y = torch.maximum(y, y[perm])
+    else:
+        y = lam.view(-1, 1) * y + (1 - lam.view(-1, 1)) * y[perm]
+    return x, y
+
+
+def power_mix(x: torch.Tensor, y: torch.Tensor, snr_db_range: tuple[float, float], top_db: float,
+              gen: torch.Generator):
+    """Add each window's sound to another's, as sounds add: in power, not in dB.
+
+    Features are dB relative to the window's peak, scaled to [0, 1] (data.features.normalise).
+    Undo the scaling, add the other window's power at a random level `snr_db` below, redo the
+    scaling. Targets become the union of both windows' labels (both birds are audible)."""
+    lo, hi = snr_db_range
+    snr_db = lo + (hi - lo) * torch.rand(len(x), generator=gen).to(x.device)  # [B]
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    power = torch.pow(10.0, (x - 1.0) * top_db / 10.0)  # [B, M, T], peak 1
+    mixed = power + torch.pow(10.0, -snr_db / 10.0).view(-1, 1, 1) * power[perm]
+    db = 10.0 * torch.log10(mixed / mixed.amax(dim=(1, 2), keepdim=True))
+    x = ((db + top_db) / top_db).clamp(0.0, 1.0)
+    return x, torch.maximum(y, y[perm])
+
+
+def spec_mask(x: torch.Tensor, gen: torch.Generator, max_time_frac: float = 0.15, max_freq_frac: float = 0.15) -> torch.Tensor:
+    """One random time band and one random mel band per window set to 0 (silence)."""
+    b, m, t = x.shape
+    x = x.clone()
+    for size, max_frac, dim in ((t, max_time_frac, 2), (m, max_freq_frac, 1)):
+        width = (torch.rand(b, generator=gen) * max_frac * size).long()  # [B]
+        start = (torch.rand(b, generator=gen) * (size - width)).long()
+        pos = torch.arange(size).view(1, -1)
+        band = (pos >= start.view(-1, 1)) & (pos < (start + width).view(-1, 1))  # [B, size]
+        band = band.to(x.device)
+        x = x.masked_fill(band.unsqueeze(1) if dim == 2 else band.unsqueeze(2), 0.0)
+    return x
