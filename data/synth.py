@@ -524,7 +524,7 @@ def generate(
     *,
     seed: int = 0,
     n_species: int = 10,
-    recordings_per_species: int = 8,
+    recordings_per_species: int = 12,
     n_test_soundscapes: int = 3,
     n_unlabeled: int = 2,
     soundscape_s: float = 240.0,
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="dataset folder to (re)write, e.g. data/sample")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--species", type=int, default=10, help=f"number of species, 1..{MAX_SPECIES} (default 10)")
-    p.add_argument("--recordings", type=int, default=8, help="training recordings per species (default 8)")
+    p.add_argument("--recordings", type=int, default=12, help="training recordings per species (default 12)")
     p.add_argument("--test-soundscapes", type=int, default=3, help="labelled test soundscapes (default 3)")
     p.add_argument("--unlabeled", type=int, default=2, help="unlabeled soundscapes (default 2)")
     p.add_argument("--soundscape-s", type=float, default=240.0, help="test soundscape length, a multiple of 5 s (default 240)")

@@ -127,22 +127,66 @@ def list_soundscapes(test_dir: Path) -> list[Path]:
     return sorted(p for p in test_dir.iterdir() if p.is_file() and p.suffix.lower() in {".ogg", ".wav", ".flac", ".mp3"})
 
 
-def write_submission(model: KitModel, test_dir: Path, sample_submission: Path, out_csv: Path) -> Timing:
+@dataclass(frozen=True)
+class PostProcess:
+    """Per-soundscape post-processing of window probabilities (set by `make package`).
+
+    smooth_kernel: weights over neighbouring windows (birds call in bouts);
+    mean_blend: share of each class's soundscape mean mixed into every window."""
+
+    smooth_kernel: tuple[float, ...] = (1.0,)
+    mean_blend: float = 0.0
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:  # [n, C] -> [n, C]
+        if len(probs) == 0:
+            return probs
+        k = np.asarray(self.smooth_kernel, np.float64)
+        if len(k) > 1:
+            pad = len(k) // 2
+            padded = np.pad(probs, ((pad, len(k) - 1 - pad), (0, 0)), mode="edge")
+            probs = sum(w * padded[i : i + len(probs)] for i, w in enumerate(k / k.sum()))
+        if self.mean_blend:
+            probs = (1 - self.mean_blend) * probs + self.mean_blend * probs.mean(axis=0, keepdims=True)
+        return probs.astype(np.float32)
+
+
+class CsvStream:
+    """submission.csv written one soundscape at a time, renamed into place when complete."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
+        self.f = open(self.tmp, "w", newline="")
+        pd.DataFrame(columns=["row_id", *columns]).to_csv(self.f, index=False)
+
+    def write(self, rows: pd.DataFrame) -> None:
+        rows.to_csv(self.f, index=False, header=False, float_format="%.6g")
+
+    def close(self) -> None:
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+
+def write_submission(model: KitModel, test_dir: Path, sample_submission: Path, out_csv: Path,
+                     post: PostProcess = PostProcess(), raw_csv: Path | None = None) -> Timing:
     """Stream submission.csv to disk, one soundscape at a time (bounded memory). An empty or
-    missing test folder still gives a valid file: the header."""
+    missing test folder still gives a valid file: the header. raw_csv, when given, receives the
+    probabilities before post-processing (to measure what it gains)."""
     columns = [c for c in pd.read_csv(sample_submission, nrows=0).columns if c != "row_id"]
     soundscapes = list_soundscapes(test_dir)
     timing = Timing()
-    tmp = out_csv.with_name(f".{out_csv.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        pd.DataFrame(columns=["row_id", *columns]).to_csv(f, index=False)
-        for i, path in enumerate(soundscapes, 1):
-            probs = soundscape_probabilities(model, path, timing)
-            submission_rows(path.stem, probs, model, columns).to_csv(f, index=False, header=False, float_format="%.6g")
-            timing.soundscapes += 1
-            if i % 50 == 0 or i == len(soundscapes):
-                print(f"{i}/{len(soundscapes)} soundscapes", flush=True)
-    os.replace(tmp, out_csv)
+    out = CsvStream(out_csv, columns)
+    raw = CsvStream(raw_csv, columns) if raw_csv else None
+    for i, path in enumerate(soundscapes, 1):
+        probs = soundscape_probabilities(model, path, timing)
+        out.write(submission_rows(path.stem, post(probs), model, columns))
+        if raw:
+            raw.write(submission_rows(path.stem, probs, model, columns))
+        timing.soundscapes += 1
+        if i % 50 == 0 or i == len(soundscapes):
+            print(f"{i}/{len(soundscapes)} soundscapes", flush=True)
+    out.close()
+    if raw:
+        raw.close()
     return timing
 
 
@@ -167,7 +211,11 @@ def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
           f"{model.meta.get('val_roc_auc')}), competition data {competition}")
     working_dir.mkdir(parents=True, exist_ok=True)
     out_csv = working_dir / "submission.csv"
-    timing = write_submission(model, competition / "test_soundscapes", competition / "sample_submission.csv", out_csv)
+    post = PostProcess(**manifest.get("postprocess", {}))
+    # `make score` asks for the raw probabilities too, to report what post-processing gains.
+    raw_csv = working_dir / "submission_raw.csv" if os.environ.get("BIRDKIT_KEEP_RAW") else None
+    timing = write_submission(model, competition / "test_soundscapes", competition / "sample_submission.csv",
+                              out_csv, post, raw_csv)
     report = {**timing.to_dict(), "total_s": time.perf_counter() - t0}
     (working_dir / "timing.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out_csv}: {timing.soundscapes} soundscapes, {timing.windows} windows in {report['total_s']:.1f} s")

@@ -26,7 +26,7 @@ import nbformat
 from data.features import FEATURES_VERSION, FeatureConfig
 from data.layout import submission_columns
 from data.paths import REPO, Workspace, dist_dir
-from submission.infer import MANIFEST_NAME
+from submission.infer import MANIFEST_NAME, PostProcess
 from submission.notebook import build_notebook
 
 # The code the notebook imports, copied as is (package __init__ files included).
@@ -34,6 +34,8 @@ PACKAGED_CODE = ["data/__init__.py", "data/features.py", "submission/__init__.py
 DEFAULT_DATASET_TITLE = "birdclef kit model"
 DEFAULT_NOTEBOOK_TITLE = "birdclef kit submission"
 USERNAME_PLACEHOLDER = "your-kaggle-username"
+# Measured with `make score` on the sample's soundscapes (README: post-processing).
+DEFAULT_POSTPROCESS = PostProcess(smooth_kernel=(0.25, 0.5, 0.25), mean_blend=0.3)
 
 
 class PackageError(RuntimeError):
@@ -90,7 +92,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_dataset(root: Path, onnx_path: Path, meta: dict, competition: str, dataset_id: str, title: str) -> None:
+def write_dataset(root: Path, onnx_path: Path, meta: dict, competition: str, dataset_id: str, title: str,
+                  post: PostProcess) -> None:
     root.mkdir(parents=True)
     shutil.copy2(onnx_path, root / "model.onnx")
     for rel in PACKAGED_CODE:
@@ -102,6 +105,7 @@ def write_dataset(root: Path, onnx_path: Path, meta: dict, competition: str, dat
         "features_version": FEATURES_VERSION, "features": json.loads(meta["features"]),
         "val_roc_auc": meta.get("val_roc_auc"), "run": meta.get("run"), "dataset": meta.get("dataset"),
         "code": {rel: sha256(root / "code" / rel) for rel in PACKAGED_CODE},
+        "postprocess": {"smooth_kernel": list(post.smooth_kernel), "mean_blend": post.mean_blend},
     }
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     dataset_meta = {"title": title, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
@@ -123,7 +127,8 @@ def write_notebook(root: Path, competition: str, dataset_id: str, notebook_id: s
 
 
 def package(onnx_path: Path, out_dir: Path, competition: str, data_dir: Path | None = None,
-            dataset_title: str = DEFAULT_DATASET_TITLE, notebook_title: str = DEFAULT_NOTEBOOK_TITLE) -> Path:
+            post: PostProcess = DEFAULT_POSTPROCESS, dataset_title: str = DEFAULT_DATASET_TITLE,
+            notebook_title: str = DEFAULT_NOTEBOOK_TITLE) -> Path:
     """Build out_dir (replacing it whole, never half-written). Returns the notebook path."""
     if not onnx_path.exists():
         raise PackageError(f"{onnx_path} not found: run `make export` first")
@@ -135,7 +140,7 @@ def package(onnx_path: Path, out_dir: Path, competition: str, data_dir: Path | N
     dataset_id, notebook_id = f"{user}/{slugify(dataset_title)}", f"{user}/{slugify(notebook_title)}"
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_dataset(tmp / "dataset", onnx_path, meta, competition, dataset_id, dataset_title)
+    write_dataset(tmp / "dataset", onnx_path, meta, competition, dataset_id, dataset_title, post)
     notebook = write_notebook(tmp / "notebook", competition, dataset_id, notebook_id, notebook_title)
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -152,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--competition", default="birdclef-2024", help="Kaggle competition slug")
     p.add_argument("--onnx", type=Path, help="model to package (default: the export of --data)")
     p.add_argument("--out", type=Path, help="output folder (default: submission/dist)")
+    p.add_argument("--smooth-kernel", type=float, nargs="+", default=list(DEFAULT_POSTPROCESS.smooth_kernel),
+                   help="weights over neighbouring windows, e.g. 0.25 0.5 0.25 (1 = off)")
+    p.add_argument("--mean-blend", type=float, default=DEFAULT_POSTPROCESS.mean_blend,
+                   help="share of the soundscape mean blended into each window (0 = off)")
     args = p.parse_args(argv)
     ws = Workspace.of(args.data)
     onnx_path = args.onnx or ws.export_dir / "model.onnx"
@@ -162,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         if export_main(["--data", str(args.data)]) != 0:
             return 1
     try:
-        notebook = package(onnx_path, args.out or dist_dir(), args.competition, ws.data_dir)
+        post = PostProcess(tuple(args.smooth_kernel), args.mean_blend)
+        notebook = package(onnx_path, args.out or dist_dir(), args.competition, ws.data_dir, post)
     except PackageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -107,8 +107,8 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
 
     nb = nbformat.read(notebook, as_version=4)
     env_updates = {"BIRDKIT_INPUT_DIR": str(input_dir.resolve()), "BIRDKIT_WORKING_DIR": str(working.resolve()),
-                   "JUPYTER_PATH": str(kernel_spec_dir(score_dir).resolve())}
-    saved = {k: os.environ.get(k) for k in (*env_updates, "PYTHONPATH")}
+                   "JUPYTER_PATH": str(kernel_spec_dir(score_dir).resolve()), "BIRDKIT_KEEP_RAW": "1"}
+    saved = {k: os.environ.get(k) for k in (*env_updates, "PYTHONPATH")}  # restored after the run
     os.environ.update(env_updates)
     os.environ.pop("PYTHONPATH", None)
     t0 = time.perf_counter()
@@ -160,7 +160,9 @@ def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) ->
     timing = json.loads((working / "timing.json").read_text())
     n = max(timing["soundscapes"], 1)
     result = {
-        "score": kaggle_score(solution, sub), "soundscapes": timing["soundscapes"], "rows": len(sub),
+        "score": kaggle_score(solution, sub), "score_without_postprocess":
+            kaggle_score(solution, pd.read_csv(working / "submission_raw.csv")),
+        "postprocess": manifest.get("postprocess"), "soundscapes": timing["soundscapes"], "rows": len(sub),
         "notebook_wall_s": wall_s, "seconds_per_soundscape": timing["total_s"] / n,
         "decode_s_per_soundscape": timing["decode_s"] / n, "features_s_per_soundscape": timing["features_s"] / n,
         "model_s_per_soundscape": timing["model_s"] / n, "model": manifest.get("model_name"),
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"score: {r['model']} on {r['soundscapes']} soundscapes ({r['rows']} rows, {r['solution']})")
-    print(f"score: macro ROC-AUC (Kaggle's metric) = {r['score']:.4f}")
+    print(f"score: macro ROC-AUC (Kaggle's metric) = {r['score']:.4f}  "
+          f"(without post-processing {r['score_without_postprocess']:.4f}; post-processing {r['postprocess']})")
     print(f"score: {r['seconds_per_soundscape']:.2f} s per soundscape (decode {r['decode_s_per_soundscape']:.2f}, "
           f"features {r['features_s_per_soundscape']:.2f}, model {r['model_s_per_soundscape']:.2f}); "
           f"notebook wall time {r['notebook_wall_s']:.1f} s")

@@ -17,8 +17,8 @@ MODEL_DEFAULTS = {
 
 # The demo's short CPU schedule: minutes on two cores, no downloads.
 DEMO_SCHEDULE = {
-    "simple_cnn": dict(epochs=10, pretrained=False),
-    "resnet18": dict(epochs=4, pretrained=False, lr=1e-3),
+    "simple_cnn": dict(epochs=15, pretrained=False),
+    "resnet18": dict(epochs=5, pretrained=False, lr=1e-3),
     "inception_v3": dict(epochs=2, pretrained=False),
 }
 SCHEDULES = {"full": {}, "demo": DEMO_SCHEDULE}
@@ -34,11 +34,11 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.0
-    loss: str = "ce"  # ce: softmax over the primary label | bce: sigmoid, primary + secondary labels
+    loss: str = "bce"  # bce: sigmoid, primary + secondary labels | ce: softmax over the primary label
     aux_loss_weight: float = 0.4  # Inception's auxiliary head
     mixup_prob: float = 0.0  # share of batches blended with a shuffled copy of themselves
     mixup_alpha: float = 0.5
-    power_mix_prob: float = 0.0  # share of batches where windows are added to others in power
+    power_mix_prob: float = 0.5  # share of batches where windows are added to others in power
     power_mix_snr_db: tuple[float, float] = (0.0, 15.0)  # level of the added window below the first
     spec_mask: bool = False  # one random time band and one mel band zeroed per window
     pretrained: bool = True
