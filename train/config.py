@@ -10,14 +10,14 @@ from data.features import FeatureConfig
 
 # The seed experiments' hyperparameters per model (batch, optimiser, learning rate, epochs).
 MODEL_DEFAULTS = {
-    "simple_cnn": dict(batch_size=32, optimizer="adam", lr=1e-3, epochs=30),
+    "simple_cnn": dict(batch_size=32, optimizer="adam", lr=3e-4, epochs=40),
     "resnet18": dict(batch_size=64, optimizer="adam", lr=1e-4, epochs=20),
     "inception_v3": dict(batch_size=32, optimizer="adam", lr=1e-3, epochs=20),
 }
 
 # The demo's short CPU schedule: minutes on two cores, no downloads.
 DEMO_SCHEDULE = {
-    "simple_cnn": dict(epochs=15, pretrained=False),
+    "simple_cnn": dict(epochs=40, pretrained=False),
     "resnet18": dict(epochs=5, pretrained=False, lr=1e-3),
     "inception_v3": dict(epochs=2, pretrained=False),
 }
