@@ -103,6 +103,7 @@ def kernel_spec_dir(score_dir: Path) -> Path:
 def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: Path, timeout_s: int) -> float:
     """Run every cell in a fresh kernel; returns wall seconds. The kernel's cwd is the working
     folder and PYTHONPATH is cleared: the packaged dataset is its only code source."""
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
     nb = nbformat.read(notebook, as_version=4)
@@ -113,7 +114,9 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
     os.environ.pop("PYTHONPATH", None)
     t0 = time.perf_counter()
     try:
-        client = NotebookClient(nb, timeout=timeout_s, kernel_name=KERNEL_NAME,
+        # IPC sockets in the score folder: the kernel is local, nothing needs TCP.
+        km = KernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str((score_dir / "kernel").resolve()))
+        client = NotebookClient(nb, km=km, timeout=timeout_s, kernel_name=KERNEL_NAME,
                                 resources={"metadata": {"path": str(working.resolve())}})
         client.execute()
     finally:

@@ -38,3 +38,22 @@ def realbirds() -> Path:
     if not (REALBIRDS / "train_metadata.csv").exists():
         pytest.skip(f"real-data test: {REALBIRDS} is absent (it exists on the kit's CI machines only)")
     return REALBIRDS
+
+
+@pytest.fixture(scope="session")
+def chain(tiny_dataset):
+    """Run every stage once through its command-line entry point."""
+    from export.__main__ import main as export_main
+    from submission.package import main as package_main
+    from submission.score import main as score_main
+    from train.__main__ import main as train_main
+
+    data = str(tiny_dataset)
+    assert train_main(["--data", data, "--models", "simple_cnn", "resnet18", "--epochs", "2", "--no-pretrained",
+                       "--device", "cpu", "--holdout-fraction", "0"]) == 0
+    assert export_main(["--data", data]) == 0
+    assert package_main(["--data", data]) == 0
+    assert score_main(["--data", data]) == 0
+    from data.paths import Workspace
+
+    return Workspace.of(tiny_dataset)

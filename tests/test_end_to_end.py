@@ -11,26 +11,9 @@ import pandas as pd
 import pytest
 
 from data.layout import read_metadata
-from data.paths import Workspace, dist_dir
+from data.paths import dist_dir
 from data.preprocess import FeatureCache
 from train.metrics import kaggle_score
-
-
-@pytest.fixture(scope="module")
-def chain(tiny_dataset):
-    """Run every stage once through its command-line entry point."""
-    from export.__main__ import main as export_main
-    from submission.package import main as package_main
-    from submission.score import main as score_main
-    from train.__main__ import main as train_main
-
-    data = str(tiny_dataset)
-    assert train_main(["--data", data, "--models", "simple_cnn", "resnet18", "--epochs", "2", "--no-pretrained",
-                       "--device", "cpu", "--holdout-fraction", "0"]) == 0
-    assert export_main(["--data", data]) == 0
-    assert package_main(["--data", data]) == 0
-    assert score_main(["--data", data]) == 0
-    return Workspace.of(tiny_dataset)
 
 
 def test_each_run_folder_records_config_metrics_curves_and_best_checkpoint(chain):

@@ -1,0 +1,73 @@
+"""The notebook's output format, post-processing, and the export's refusal to ship a mismatch."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from data.paths import dist_dir
+from export.to_onnx import ExportError, choose_best_run, export_run, load_run, ort_max_abs_diff
+from submission.infer import KitModel, PostProcess, submission_rows, write_submission
+
+
+@pytest.fixture(scope="module")
+def kit_model(chain) -> KitModel:
+    return KitModel.load(dist_dir() / "dataset" / "model.onnx", threads=1)
+
+
+def test_row_ids_end_at_5_to_240_seconds_and_columns_follow_sample_submission(kit_model):
+    probs = np.tile(np.arange(len(kit_model.classes), dtype=np.float32), (48, 1))  # column j holds j
+    columns = list(reversed(kit_model.classes)) + ["notamodelclass"]
+    rows = submission_rows("soundscape_123", probs, kit_model, columns)
+    assert rows.columns.tolist() == ["row_id", *columns]
+    assert rows.row_id.tolist() == [f"soundscape_123_{end}" for end in range(5, 241, 5)]
+    for c in kit_model.classes:  # each value lands under its own class's name
+        assert (rows[c] == kit_model.classes.index(c)).all()
+    assert (rows["notamodelclass"] == 0).all()
+
+
+@pytest.mark.parametrize("test_dir", ["empty", "missing"])
+def test_an_empty_or_missing_test_folder_still_gives_a_valid_submission(kit_model, tiny_dataset, tmp_path, test_dir):
+    folder = tmp_path / "test_soundscapes"
+    if test_dir == "empty":
+        folder.mkdir()
+    out = tmp_path / "submission.csv"
+    timing = write_submission(kit_model, folder, tiny_dataset / "sample_submission.csv", out)
+    sub = pd.read_csv(out)
+    assert sub.columns.tolist() == pd.read_csv(tiny_dataset / "sample_submission.csv").columns.tolist()
+    assert len(sub) == 0 and timing.soundscapes == 0
+
+
+def test_smoothing_averages_neighbouring_windows_and_blending_pulls_towards_the_mean():
+    probs = np.array([[0.0], [1.0], [0.0], [0.0]], np.float32)
+    smoothed = PostProcess(smooth_kernel=(0.25, 0.5, 0.25))(probs)
+    assert smoothed[:, 0].tolist() == pytest.approx([0.25, 0.5, 0.25, 0.0])  # edges repeat the end window
+    blended = PostProcess(mean_blend=0.5)(probs)
+    assert blended[:, 0].tolist() == pytest.approx([0.125, 0.625, 0.125, 0.125])
+    assert np.array_equal(PostProcess()(probs), probs)
+
+
+def test_export_refuses_when_onnxruntime_and_torch_disagree(chain, tmp_path):
+    run_dir = choose_best_run(chain.runs_dir)
+    with pytest.raises(ExportError, match=r"onnxruntime differs from torch by .* refusing to export"):
+        export_run(run_dir, tmp_path / "out", atol=0.0)
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_the_parity_check_sees_a_model_that_is_not_the_exported_one(chain):
+    run = load_run(choose_best_run(chain.runs_dir))
+    windows = np.random.default_rng(0).random((4, 128, 313), dtype=np.float32)
+    assert ort_max_abs_diff(chain.export_dir / "model.onnx", run.net, windows) <= 1e-4
+    with torch.no_grad():
+        for p in run.net.parameters():
+            p.add_(0.05)
+    assert ort_max_abs_diff(chain.export_dir / "model.onnx", run.net, windows) > 1e-3
+
+
+def test_the_manifest_records_model_code_checksums_and_post_processing(chain):
+    manifest = json.loads((dist_dir() / "dataset" / "birdkit.json").read_text())
+    assert manifest["competition"] == "birdclef-2024"
+    assert set(manifest["code"]) == {"data/__init__.py", "data/features.py", "submission/__init__.py",
+                                     "submission/infer.py"}
+    assert manifest["postprocess"] == {"smooth_kernel": [0.25, 0.5, 0.25], "mean_blend": 0.3}
