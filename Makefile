@@ -19,6 +19,7 @@ SAMPLE      ?= data/sample
 MODELS      ?= simple_cnn resnet18 inception_v3
 DENOISE     ?= none
 SEED        ?= 0
+RESUME      ?= 0
 # Extra flags per stage, e.g. TRAIN_ARGS="--epochs 30"
 DATA_ARGS        ?=
 PREPROCESS_ARGS  ?=
@@ -27,6 +28,7 @@ EXPORT_ARGS      ?=
 PACKAGE_ARGS     ?=
 SCORE_ARGS       ?=
 HOLDOUT_ARGS     ?=
+UPLOAD_ARGS      ?=
 PYTEST_ARGS      ?=
 
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
@@ -59,7 +61,8 @@ preprocess: venv  ## audio -> cached 5-s mel windows for DATA (resumable)
 	$(PY) -m data.preprocess --data $(DATA) $(FEATURE_FLAGS) $(PREPROCESS_ARGS)
 
 train: venv  ## train MODELS on DATA (preprocesses first when the cache is missing or stale)
-	$(PY) -m train --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) $(TRAIN_ARGS)
+	$(PY) -m train --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) \
+	    $(if $(filter 1 yes true,$(RESUME)),--resume,) $(TRAIN_ARGS)
 
 report: venv  ## compare every run on DATA
 	$(PY) -m train.report --data $(DATA)
@@ -70,6 +73,9 @@ export: venv  ## best run by val ROC-AUC -> ONNX, checked against torch
 package: venv  ## Kaggle notebook + dataset folder in submission/dist/
 	$(PY) -m submission.package --data $(DATA) $(PACKAGE_ARGS)
 
+upload: venv  ## create or version the Kaggle dataset, wait until it is ready, push the notebook
+	$(PY) -m submission.upload $(UPLOAD_ARGS)
+
 holdout: venv  ## labelled held-out soundscapes from withheld recordings of DATA
 	$(PY) -m data.holdout --data $(DATA) --seed $(SEED) $(HOLDOUT_ARGS)
 
@@ -78,6 +84,12 @@ score: package  ## run the packaged notebook on labelled soundscapes, print Kagg
 
 bench-preprocess: venv  ## decode + denoise + mel speed per core for each denoise mode
 	$(PY) -m bench.preprocess $(BENCH_ARGS)
+
+bench-infer: venv  ## the notebook's inference on synthetic soundscapes: time, memory, Kaggle projection
+	$(PY) -m bench.infer --data $(DATA) $(BENCH_ARGS)
+
+bench-train: venv  ## training samples/s from the cache vs the compute-only ceiling, per model
+	$(PY) -m bench.train --data $(DATA) --models $(MODELS) $(BENCH_ARGS)
 
 demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
 	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)

@@ -42,6 +42,7 @@ class PreprocessConfig:
     workers: int = 0  # 0: all cores
     max_windows_per_recording: int = 0  # 0: every window of every recording
     progress: bool = True
+    shard: tuple[int, int] | None = None  # (i, n): this machine's share of a split run
 
     def resolved_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
@@ -167,16 +168,64 @@ def _featurise(job: tuple[str, str, FeatureConfig, int]) -> tuple[str, str, np.n
 
 # ------------------------------------------------------------------------------ the run
 def preprocess(cfg: PreprocessConfig) -> Path:
-    """Fill the cache for cfg.data_dir; returns its folder. A second run only checks."""
-    from tqdm import tqdm
+    """Fill the cache for cfg.data_dir; returns its folder. A second run only checks.
 
+    With cfg.shard = (i, n) only every n-th recording (from the i-th) is processed, into
+    <cache>/shards/<i>-of-<n>/; copy those folders from other machines into the same place and
+    a plain run merges them before processing whatever is left."""
     data_dir = Path(cfg.data_dir)
     meta = read_metadata(data_dir)
-    cache_dir = cache_dir_for(data_dir, cfg.features, cfg.max_windows_per_recording)
+    main_dir = cache_dir_for(data_dir, cfg.features, cfg.max_windows_per_recording)
+    cache_dir = main_dir if cfg.shard is None else main_dir / "shards" / f"{cfg.shard[0]}-of-{cfg.shard[1]}"
     writer = CacheWriter(cache_dir, cfg.features)
+    try:
+        if cfg.shard is None:
+            merge_shards(writer, main_dir)
+        todo = _shard_of(list(meta.filename), cfg.shard)
+        pending = [f for f in todo if f not in writer.done]
+        print(f"preprocess: {len(todo)} recordings, {len(todo) - len(pending)} already cached in {cache_dir}")
+        seconds, windows_done = _process(writer, data_dir, pending, cfg)
+    finally:
+        writer.close()
+    _finish(cache_dir, data_dir, meta[meta.filename.isin(set(todo))], seconds, windows_done, cfg.shard)
+    return cache_dir
+
+
+def _shard_of(filenames: list[str], shard: tuple[int, int] | None) -> list[str]:
+    """Every n-th recording of the sorted metadata, from the i-th: stable across machines."""
+    if shard is None:
+        return filenames
+    i, n = shard
+    return [f for k, f in enumerate(sorted(filenames)) if k % n == i]
+
+
+def merge_shards(writer: CacheWriter, main_dir: Path) -> None:
+    """Append the recordings of finished shard folders the main cache lacks, then drop them."""
+    import shutil
+
+    for shard_dir in sorted((main_dir / "shards").glob("*-of-*")):
+        if not (shard_dir / "complete.json").exists():
+            print(f"preprocess: {shard_dir.name} is not finished; rerun `--shard {shard_dir.name.replace('-of-', '/')}`")
+            continue
+        shard = FeatureCache.open(shard_dir)
+        entries = read_entries(shard_dir)
+        added = 0
+        for e in entries.itertuples():
+            if e.filename in writer.done:
+                continue
+            feats = np.asarray(shard.windows[list(shard.rows_of(e.filename))]) if e.status == "ok" else None
+            writer.add(e.filename, e.status, feats, e.detail)
+            added += 1
+        print(f"preprocess: merged {added} recordings from shard {shard_dir.name}")
+        del shard
+        shutil.rmtree(shard_dir)
+
+
+def _process(writer: CacheWriter, data_dir: Path, pending: list[str], cfg: PreprocessConfig) -> tuple[float, int]:
+    """Compute the pending recordings on all cores; the parent commits each result."""
+    from tqdm import tqdm
+
     audio_root = data_dir / "train_audio"
-    pending = [f for f in meta.filename if f not in writer.done]
-    print(f"preprocess: {len(meta)} recordings, {len(meta) - len(pending)} already cached in {cache_dir}")
     jobs = []
     for filename in pending:
         path = audio_root / filename
@@ -186,17 +235,14 @@ def preprocess(cfg: PreprocessConfig) -> Path:
             writer.add(filename, "missing", None, f"{path} not found")
     t0 = time.perf_counter()
     windows_done = 0
-    try:
-        with tqdm(total=len(jobs), unit="rec", desc="features", disable=not cfg.progress or not jobs) as bar:
-            for filename, status, feats, detail in _run_jobs(jobs, cfg.resolved_workers()):
-                writer.add(filename, status, feats, detail)
-                windows_done += 0 if feats is None else len(feats)
-                bar.update(1)
-                bar.set_postfix(windows=windows_done)
-    finally:
-        writer.close()
-    _finish(cache_dir, data_dir, meta, time.perf_counter() - t0, windows_done)
-    return cache_dir
+    with tqdm(total=len(jobs), unit="rec", desc="features", mininterval=1.0,
+              disable=not cfg.progress or not jobs) as bar:
+        for filename, status, feats, detail in _run_jobs(jobs, cfg.resolved_workers()):
+            writer.add(filename, status, feats, detail)
+            windows_done += 0 if feats is None else len(feats)
+            bar.update(1)
+            bar.set_postfix(windows=windows_done, refresh=False)
+    return time.perf_counter() - t0, windows_done
 
 
 def _run_jobs(jobs: list, workers: int):
@@ -210,13 +256,15 @@ def _run_jobs(jobs: list, workers: int):
         yield from pool.imap_unordered(_featurise, jobs, chunksize=1)
 
 
-def _finish(cache_dir: Path, data_dir: Path, meta: pd.DataFrame, seconds: float, windows_done: int) -> None:
+def _finish(cache_dir: Path, data_dir: Path, meta: pd.DataFrame, seconds: float, windows_done: int,
+            shard: tuple[int, int] | None = None) -> None:
     entries = read_entries(cache_dir)
     entries = entries[entries.filename.isin(set(meta.filename))]
     ok = entries[entries.status == "ok"]
     bad = entries[entries.status != "ok"]
     summary = {
         "metadata_digest": metadata_digest(data_dir),
+        "shard": list(shard) if shard else None,
         "recordings": int(len(entries)),
         "ok": int(len(ok)),
         "skipped": int(len(bad)),
@@ -292,13 +340,29 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     return PreprocessConfig(
         data_dir=Path(args.data), features=FeatureConfig(denoise=args.denoise), workers=args.workers,
         max_windows_per_recording=args.max_windows, progress=not getattr(args, "no_progress", False),
+        shard=parse_shard(getattr(args, "shard", None)),
     )
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"error: --shard takes i/n, e.g. 0/4 for the first of four machines; got {text!r}") from None
+    if not 0 <= i < n:
+        raise SystemExit(f"error: --shard {text}: need 0 <= i < n")
+    return i, n
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.preprocess", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="dataset folder in the Kaggle layout")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--shard", metavar="I/N", help="process only share I of N (machines 0/N ... N-1/N); "
+                        "a plain run on the machine holding all shard folders merges them")
     feature_args(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

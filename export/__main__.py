@@ -4,11 +4,12 @@ With no finished run for DATA yet, it trains first (the default models and sched
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from data.paths import Workspace
-from export.to_onnx import ExportError, choose_best_run, export_run
+from export.to_onnx import ExportError, export_best, export_run
 from train.report import finished_runs
 
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, help="export this run folder instead of the best one")
     p.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - torch| accepted")
     p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--top", type=int, default=1, help="also export the next best runs (ensemble candidates)")
     args = p.parse_args(argv)
     ws = Workspace.of(args.data)
     if args.run is None and not finished_runs(ws.runs_dir):
@@ -26,12 +28,16 @@ def main(argv: list[str] | None = None) -> int:
 
         train_main(["--data", str(args.data)])
     try:
-        run_dir = args.run or choose_best_run(ws.runs_dir)
-        print(f"export: {run_dir}")
-        report = export_run(run_dir, ws.export_dir, atol=args.atol, opset=args.opset)
+        if args.run:
+            report = export_run(args.run, ws.export_dir, atol=args.atol, opset=args.opset)
+            (ws.export_dir / "export.json").write_text(json.dumps({**report, "ensemble": []}, indent=2) + "\n")
+        else:
+            report = export_best(ws.runs_dir, ws.export_dir, top=args.top, atol=args.atol, opset=args.opset)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for extra in report.get("ensemble", []):
+        print(f"export: ensemble candidate {extra['model']} (val ROC-AUC {extra['val_roc_auc']:.4f}) -> {extra['onnx']}")
     print(f"export: {report['model']} (val ROC-AUC {report['val_roc_auc']:.4f}, accuracy "
           f"{report['val_accuracy']:.4f}) -> {report['onnx']}")
     print(f"export: onnxruntime vs torch max |diff| {report['max_abs_diff_vs_torch']:.2e} on "

@@ -53,13 +53,17 @@ class LoadedRun:
     net: WithActivation  # eval mode, CPU
 
 
-def choose_best_run(runs_dir: Path) -> Path:
-    """The finished run with the highest recorded val ROC-AUC (then accuracy)."""
-    runs = finished_runs(runs_dir)
+def ranked_runs(runs_dir: Path) -> list[dict]:
+    """Finished runs, best recorded val ROC-AUC first (then accuracy)."""
+    runs = sorted(finished_runs(runs_dir), key=lambda r: (r["val_roc_auc"], r["val_accuracy"]), reverse=True)
     if not runs:
         raise ExportError(f"no finished training run in {runs_dir}: run `make train` first")
-    best = max(runs, key=lambda r: (r["val_roc_auc"], r["val_accuracy"]))
-    return Path(best["dir"])
+    return runs
+
+
+def choose_best_run(runs_dir: Path) -> Path:
+    """The finished run with the highest recorded val ROC-AUC (then accuracy)."""
+    return Path(ranked_runs(runs_dir)[0]["dir"])
 
 
 def load_run(run_dir: Path) -> LoadedRun:
@@ -157,13 +161,14 @@ def ort_ms_per_window(path: Path, windows: np.ndarray, threads: int = 2, repeats
     return float(np.median(times) * 1000 / len(windows))
 
 
-def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int = 18) -> dict:
-    """Export run_dir's best checkpoint to out_dir/model.onnx; refuse if onnxruntime and torch
-    disagree by more than atol. Returns the export report (also written as export.json)."""
+def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int = 18,
+               filename: str = "model.onnx") -> dict:
+    """Export run_dir's best checkpoint to out_dir/filename; refuse if onnxruntime and torch
+    disagree by more than atol. Returns the export report."""
     run = load_run(run_dir)
     windows = check_windows(run)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".model.onnx.tmp"
+    tmp = out_dir / f".{filename}.tmp"
     export_graph(run.net, torch.from_numpy(windows[:2]), tmp, opset)
     props = metadata(run)
     write_metadata(tmp, props)
@@ -172,9 +177,9 @@ def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int =
         tmp.unlink(missing_ok=True)
         raise ExportError(f"onnxruntime differs from torch by {diff:.2e} (> {atol:.0e}) on {len(windows)} real "
                           f"windows of {run_dir.name}: refusing to export. Try another --opset.")
-    final = out_dir / "model.onnx"
+    final = out_dir / filename
     os.replace(tmp, final)
-    report = {
+    return {
         "onnx": str(final), "run_dir": str(run_dir), "model": run.cfg.model,
         "val_roc_auc": run.checkpoint["metrics"]["val_roc_auc"],
         "val_accuracy": run.checkpoint["metrics"]["val_accuracy"],
@@ -182,5 +187,18 @@ def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int =
         "onnx_cpu_ms_per_window_2_threads": ort_ms_per_window(final, windows),
         "size_mb": final.stat().st_size / 1e6, "metadata": props,
     }
+
+
+def export_best(runs_dir: Path, out_dir: Path, *, top: int = 1, atol: float = 1e-4, opset: int = 18) -> dict:
+    """The best run -> out_dir/model.onnx; with top > 1 the next best -> model-2.onnx, ... too
+    (candidates for an ensemble). Writes export.json: the best model's report, the others under
+    'ensemble'."""
+    runs = ranked_runs(runs_dir)
+    for stale in out_dir.glob("model-*.onnx"):  # candidates of an earlier export
+        stale.unlink()
+    reports = [export_run(Path(r["dir"]), out_dir, atol=atol, opset=opset,
+                          filename="model.onnx" if k == 0 else f"model-{k + 1}.onnx")
+               for k, r in enumerate(runs[:top])]
+    report = {**reports[0], "ensemble": reports[1:]}
     (out_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -1,11 +1,17 @@
 """Kaggle-side inference, imported by the notebook from the packaged dataset.
 
-Everything is rebuilt from the ONNX file's metadata (classes, feature parameters, activation)
+Everything is rebuilt from the ONNX files' metadata (classes, feature parameters, activation)
 and the features come from data.features, the same file training used. Needs only numpy,
 pandas, onnxruntime and the audio libraries of data.features; no torch.
 
-    for each test soundscape (sorted):  decode -> features [48, n_mels, n_frames] -> onnxruntime
-                                         -> probabilities [48, classes] -> rows of submission.csv
+    worker processes:  decode -> features [n_windows, n_mels, n_frames]      (one soundscape each,
+                                                                               a few ahead)
+    this process:      onnxruntime (one model or an ensemble) -> probabilities [n_windows, classes]
+                       -> post-processing -> rows of submission.csv, streamed to disk
+
+Decoding and features overlap with the model. A guard watches the pace against the deadline
+and steps down to cheaper paths (fewer models, no denoise, finally empty rows) rather than let
+Kaggle kill the run. A file that cannot be read still gets its rows.
 """
 from __future__ import annotations
 
@@ -13,18 +19,24 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data.features import FEATURES_VERSION, AudioError, FeatureConfig, audio_to_features, load_audio, row_end_seconds
+from data.features import (
+    FEATURES_VERSION, AudioError, FeatureConfig, audio_to_features, load_audio, n_windows, row_end_seconds,
+)
 
 MANIFEST_NAME = "birdkit.json"
 EXPECTED_SOUNDSCAPE_S = 240.0  # Kaggle's hidden test soundscapes are 4 minutes long
+DEFAULT_DEADLINE_MIN = 110.0  # Kaggle stops CPU notebooks at 120 minutes
+AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
 
 
+# ------------------------------------------------------------------------------------ models
 @dataclass
 class KitModel:
     """An exported model and everything its metadata says about it."""
@@ -34,7 +46,9 @@ class KitModel:
     features: FeatureConfig
     meta: dict[str, str]
     input_name: str
+    name: str = "model"
     batch_windows: int = 48
+    ms_per_window: float = 0.0  # measured at load time, this machine, these threads
 
     @classmethod
     def load(cls, onnx_path: Path, threads: int | None = None) -> "KitModel":
@@ -42,18 +56,31 @@ class KitModel:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle model threads must not spin: the feature workers need those cores between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         meta = dict(session.get_modelmeta().custom_metadata_map)
         check_metadata(meta, onnx_path)
-        return cls(session, json.loads(meta["classes"]), FeatureConfig.from_dict(json.loads(meta["features"])),
-                   meta, session.get_inputs()[0].name)
+        model = cls(session, json.loads(meta["classes"]), FeatureConfig.from_dict(json.loads(meta["features"])),
+                    meta, session.get_inputs()[0].name, name=meta.get("model_name", onnx_path.stem))
+        model.ms_per_window = model.measure_ms_per_window()
+        return model
 
     def predict(self, feats: np.ndarray) -> np.ndarray:
         """[n, n_mels, n_frames] -> [n, classes] probabilities."""
         out = [self.session.run(None, {self.input_name: feats[i : i + self.batch_windows]})[0]
                for i in range(0, len(feats), self.batch_windows)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def measure_ms_per_window(self, n: int = 8) -> float:
+        """The guard's cost estimate: one warm-up, then one timed batch of silence."""
+        feats = np.zeros((n, *self.features.shape), np.float32)
+        self.predict(feats[:1])
+        t0 = time.perf_counter()
+        self.predict(feats)
+        return (time.perf_counter() - t0) * 1000 / n
 
 
 def check_metadata(meta: dict[str, str], onnx_path: Path) -> None:
@@ -67,66 +94,200 @@ def check_metadata(meta: dict[str, str], onnx_path: Path) -> None:
 
 
 @dataclass
-class Timing:
-    """Seconds spent per stage over the whole run."""
+class Ensemble:
+    """Models sharing classes and features; their probabilities combined by mean or min."""
 
+    models: list[KitModel]
+    combine: str = "mean"
+
+    def __post_init__(self):
+        if not self.models:
+            raise ValueError("an ensemble needs at least one model")
+        first = self.models[0]
+        for m in self.models[1:]:
+            if m.classes != first.classes or m.features != first.features:
+                raise ValueError(f"models {first.name} and {m.name} differ in classes or features; "
+                                 "an ensemble needs the same of both")
+        if self.combine not in ("mean", "min"):
+            raise ValueError(f"combine must be 'mean' or 'min', got {self.combine!r}")
+
+    @property
+    def classes(self) -> list[str]:
+        return self.models[0].classes
+
+    @property
+    def features(self) -> FeatureConfig:
+        return self.models[0].features
+
+    @property
+    def ms_per_window(self) -> float:
+        return sum(m.ms_per_window for m in self.models)
+
+    def predict(self, feats: np.ndarray) -> np.ndarray:
+        probs = np.stack([m.predict(feats) for m in self.models])  # [models, n, classes]
+        return probs.mean(axis=0) if self.combine == "mean" else probs.min(axis=0)
+
+
+# ------------------------------------------------------------------------------------ features
+@dataclass
+class SoundscapeFeatures:
+    """One soundscape's features (None when unreadable) and what it cost."""
+
+    path: Path
+    feats: np.ndarray | None  # [n_windows, n_mels, n_frames]
+    n_windows: int
     decode_s: float = 0.0
     features_s: float = 0.0
-    model_s: float = 0.0
-    soundscapes: int = 0
-    windows: int = 0
-    failures: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+    problem: str = ""
 
 
-def soundscape_probabilities(model: KitModel, path: Path, timing: Timing) -> np.ndarray:
-    """[n_windows, classes] for one soundscape. A file that cannot be decoded still gets the
-    rows of a 4-minute soundscape, with zero probabilities, and is logged."""
-    cfg = model.features
+def expected_windows(path: Path, cfg: FeatureConfig) -> int:
+    """Rows a soundscape gets: from its length when the header is readable, else 4 minutes'."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        return n_windows(int(round(info.duration * cfg.sample_rate_hz)), cfg)
+    except Exception:
+        return int(round(EXPECTED_SOUNDSCAPE_S / cfg.window_s))
+
+
+def soundscape_features(path: Path, cfg: FeatureConfig, skip: bool = False) -> SoundscapeFeatures:
+    """Decode + features, never raising: a bad file comes back with feats None and a reason;
+    NaN/inf samples are set to 0 (and reported). skip: only count the rows (the guard's last
+    resort)."""
+    if skip:
+        return SoundscapeFeatures(path, None, expected_windows(path, cfg))
     t0 = time.perf_counter()
     try:
         y = load_audio(path, cfg.sample_rate_hz)
-    except AudioError as e:
-        timing.failures.append(f"{path.name}: {e}")
-        print(f"warning: {e}; writing zero rows", file=sys.stderr)
-        n = int(EXPECTED_SOUNDSCAPE_S // cfg.window_s)
-        return np.zeros((n, len(model.classes)), np.float32)
-    if not np.isfinite(y).all():
-        timing.failures.append(f"{path.name}: NaN/inf samples set to 0")
-        y = np.where(np.isfinite(y), y, 0.0).astype(np.float32)
+    except Exception as e:  # corrupt, empty, unknown format: the rows are still owed
+        reason = str(e) if isinstance(e, AudioError) else f"{type(e).__name__}: {e}"
+        return SoundscapeFeatures(path, None, expected_windows(path, cfg), problem=reason)
+    problem = ""
+    finite = np.isfinite(y)
+    if not finite.all():
+        problem = f"{path.name}: {int((~finite).sum())} NaN/inf samples set to 0"
+        y = np.where(finite, y, 0.0).astype(np.float32)
     t1 = time.perf_counter()
-    feats = audio_to_features(y, cfg)  # [n, M, T]
-    t2 = time.perf_counter()
-    probs = model.predict(feats)
-    t3 = time.perf_counter()
-    timing.decode_s += t1 - t0
-    timing.features_s += t2 - t1
-    timing.model_s += t3 - t2
-    timing.windows += len(feats)
-    return probs
+    feats = audio_to_features(y, cfg)
+    return SoundscapeFeatures(path, feats, len(feats), t1 - t0, time.perf_counter() - t1, problem)
 
 
-def submission_rows(stem: str, probs: np.ndarray, model: KitModel, columns: list[str]) -> pd.DataFrame:
-    """Rows `<stem>_<end second>` with one column per sample_submission class, in its order.
-    A class the model does not know gets 0."""
-    col_of = {c: j for j, c in enumerate(model.classes)}
-    out = np.zeros((len(probs), len(columns)), np.float32)
-    for k, c in enumerate(columns):
-        if c in col_of:
-            out[:, k] = probs[:, col_of[c]]
-    df = pd.DataFrame(out, columns=columns)
-    df.insert(0, "row_id", [f"{stem}_{end}" for end in row_end_seconds(len(probs), model.features)])
-    return df
+def _limit_threads() -> None:
+    """Feature workers use one BLAS/FFT thread each: the pool already uses the cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # not on every image; numpy then picks its own default
+        pass
 
 
-def list_soundscapes(test_dir: Path) -> list[Path]:
-    if not test_dir.is_dir():
-        return []
-    return sorted(p for p in test_dir.iterdir() if p.is_file() and p.suffix.lower() in {".ogg", ".wav", ".flac", ".mp3"})
+class FeatureStream:
+    """Features of the soundscapes, in order, computed `workers` at a time ahead of the model.
+
+    Only `ahead` soundscapes are ever in flight, so memory does not grow with the test set.
+    The config of each soundscape is read when it is submitted, so a guard's switch (say, no
+    denoise) applies to the soundscapes submitted after it."""
+
+    def __init__(self, paths: list[Path], job_for_next, workers: int):
+        """job_for_next() -> (FeatureConfig, skip) for the next soundscape submitted."""
+        self.paths, self.job_for_next, self.workers = paths, job_for_next, workers
+        self.pool = None
+        if workers > 0 and len(paths) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork: the workers inherit the notebook's sys.path (the kit's code folder).
+            self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_limit_threads)
+
+    def __iter__(self):
+        if self.pool is None:
+            for path in self.paths:
+                yield soundscape_features(path, *self.job_for_next())
+            return
+        pending: deque = deque()
+        todo = iter(self.paths)
+        try:
+            for path in todo:
+                pending.append(self.pool.submit(soundscape_features, path, *self.job_for_next()))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            self.pool.shutdown(cancel_futures=True)
 
 
+# ------------------------------------------------------------------------------------ guard
+@dataclass
+class Level:
+    """One way to run: which models, which features. Cheaper levels come later."""
+
+    name: str
+    predictor: Ensemble | None  # None: no model, empty rows
+    features: FeatureConfig | None
+
+
+def levels_for(ensemble: Ensemble) -> list[Level]:
+    """full ensemble -> fastest single model -> same without denoise -> empty rows."""
+    levels = [Level("full", ensemble, ensemble.features)]
+    fastest = min(ensemble.models, key=lambda m: m.ms_per_window)
+    if len(ensemble.models) > 1:
+        levels.append(Level(f"fastest model only ({fastest.name})", Ensemble([fastest]), fastest.features))
+    if fastest.features.denoise != "none":
+        levels.append(Level(f"{fastest.name} without denoise", Ensemble([fastest]),
+                            replace(fastest.features, denoise="none")))
+    levels.append(Level("no model: empty rows", None, None))
+    return levels
+
+
+@dataclass
+class Guard:
+    """Keeps the run inside its deadline by stepping down levels when the pace says it must."""
+
+    deadline_s: float
+    n_total: int
+    levels: list[Level]
+    margin: float = 0.95  # aim to finish by 95% of the deadline
+    level: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+    recent: deque = field(default_factory=lambda: deque(maxlen=5))
+    switches: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._last = self.t0
+
+    @property
+    def current(self) -> Level:
+        return self.levels[self.level]
+
+    def job(self, default: FeatureConfig) -> tuple[FeatureConfig, bool]:
+        """Features to compute for the next soundscape at this level (skip: no model to feed)."""
+        level = self.current
+        return (level.features or default, level.predictor is None)
+
+    def record(self, done: int) -> None:
+        """After each soundscape: step down when the projected end passes the deadline. The
+        pace is the wall time between finished soundscapes (features overlap the model)."""
+        now = time.perf_counter()
+        self.recent.append(now - self._last)
+        self._last = now
+        elapsed = now - self.t0
+        remaining = self.n_total - done
+        pace = float(np.median(self.recent))
+        projected = elapsed + remaining * pace
+        if remaining and projected > self.margin * self.deadline_s and self.level < len(self.levels) - 1:
+            self.level += 1
+            self.recent.clear()
+            note = (f"after {done} soundscapes, {elapsed:.0f} s: projected {projected / 60:.1f} min > deadline "
+                    f"{self.deadline_s / 60:.1f} min -> {self.current.name}")
+            self.switches.append(note)
+            print(f"guard: {note}", flush=True)
+
+
+# ------------------------------------------------------------------------------------ output
 @dataclass(frozen=True)
 class PostProcess:
     """Per-soundscape post-processing of window probabilities (set by `make package`).
@@ -166,28 +327,104 @@ class CsvStream:
         os.replace(self.tmp, self.path)
 
 
-def write_submission(model: KitModel, test_dir: Path, sample_submission: Path, out_csv: Path,
-                     post: PostProcess = PostProcess(), raw_csv: Path | None = None) -> Timing:
+def submission_rows(stem: str, probs: np.ndarray, classes: list[str], columns: list[str],
+                    cfg: FeatureConfig) -> pd.DataFrame:
+    """Rows `<stem>_<end second>` with one column per sample_submission class, in its order.
+    A class the model does not know gets 0."""
+    col_of = {c: j for j, c in enumerate(classes)}
+    out = np.zeros((len(probs), len(columns)), np.float32)
+    for k, c in enumerate(columns):
+        if c in col_of:
+            out[:, k] = probs[:, col_of[c]]
+    df = pd.DataFrame(out, columns=columns)
+    df.insert(0, "row_id", [f"{stem}_{end}" for end in row_end_seconds(len(probs), cfg)])
+    return df
+
+
+def list_soundscapes(test_dir: Path) -> list[Path]:
+    if not test_dir.is_dir():
+        return []
+    return sorted(p for p in test_dir.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+@dataclass
+class Timing:
+    """Seconds spent per stage over the whole run, and what went wrong where."""
+
+    decode_s: float = 0.0
+    features_s: float = 0.0
+    model_s: float = 0.0
+    soundscapes: int = 0
+    windows: int = 0
+    failures: list[str] = field(default_factory=list)
+    levels: dict[str, int] = field(default_factory=dict)  # soundscapes per guard level
+    switches: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ------------------------------------------------------------------------------------ the run
+@dataclass
+class RunSettings:
+    """How the notebook runs; from the manifest, overridable by environment variables."""
+
+    deadline_s: float = DEFAULT_DEADLINE_MIN * 60
+    feature_workers: int = -1  # -1: half the cores
+    model_threads: int = 0  # 0: the cores the feature workers leave
+
+    def resolved(self) -> tuple[int, int]:
+        cores = os.cpu_count() or 1
+        workers = max(0, cores // 2) if self.feature_workers < 0 else self.feature_workers
+        threads = self.model_threads or max(1, cores - workers)
+        return workers, threads
+
+
+def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path, out_csv: Path,
+                     post: PostProcess = PostProcess(), raw_csv: Path | None = None,
+                     settings: RunSettings = RunSettings()) -> Timing:
     """Stream submission.csv to disk, one soundscape at a time (bounded memory). An empty or
     missing test folder still gives a valid file: the header. raw_csv, when given, receives the
     probabilities before post-processing (to measure what it gains)."""
     columns = [c for c in pd.read_csv(sample_submission, nrows=0).columns if c != "row_id"]
-    soundscapes = list_soundscapes(test_dir)
+    paths = list_soundscapes(test_dir)
     timing = Timing()
+    guard = Guard(settings.deadline_s, len(paths), levels_for(ensemble))
     out = CsvStream(out_csv, columns)
     raw = CsvStream(raw_csv, columns) if raw_csv else None
-    for i, path in enumerate(soundscapes, 1):
-        probs = soundscape_probabilities(model, path, timing)
-        out.write(submission_rows(path.stem, post(probs), model, columns))
+    workers, _ = settings.resolved()
+    for i, sf_ in enumerate(FeatureStream(paths, lambda: guard.job(ensemble.features), workers), 1):
+        level = guard.current
+        probs = _predict(level, sf_, len(ensemble.classes), timing)
+        out.write(submission_rows(sf_.path.stem, post(probs), ensemble.classes, columns, ensemble.features))
         if raw:
-            raw.write(submission_rows(path.stem, probs, model, columns))
+            raw.write(submission_rows(sf_.path.stem, probs, ensemble.classes, columns, ensemble.features))
         timing.soundscapes += 1
-        if i % 50 == 0 or i == len(soundscapes):
-            print(f"{i}/{len(soundscapes)} soundscapes", flush=True)
+        timing.levels[level.name] = timing.levels.get(level.name, 0) + 1
+        guard.record(i)
+        if i % 50 == 0 or i == len(paths):
+            print(f"{i}/{len(paths)} soundscapes", flush=True)
     out.close()
     if raw:
         raw.close()
+    timing.switches = guard.switches
     return timing
+
+
+def _predict(level: Level, sf_: SoundscapeFeatures, n_classes: int, timing: Timing) -> np.ndarray:
+    """[n_windows, classes] for one soundscape at the guard's current level."""
+    if sf_.problem:
+        timing.failures.append(sf_.problem if sf_.path.name in sf_.problem else f"{sf_.path.name}: {sf_.problem}")
+        print(f"warning: {timing.failures[-1]}", file=sys.stderr, flush=True)
+    timing.decode_s += sf_.decode_s
+    timing.features_s += sf_.features_s
+    if sf_.feats is None or level.predictor is None:
+        return np.zeros((sf_.n_windows, n_classes), np.float32)
+    t0 = time.perf_counter()
+    probs = level.predictor.predict(sf_.feats)
+    timing.model_s += time.perf_counter() - t0
+    timing.windows += len(sf_.feats)
+    return probs
 
 
 def find_competition(input_dir: Path, slug: str) -> Path:
@@ -201,22 +438,41 @@ def find_competition(input_dir: Path, slug: str) -> Path:
     return hits[0].parent
 
 
+def run_settings(manifest: dict) -> RunSettings:
+    """The manifest's settings; BIRDKIT_DEADLINE_S / BIRDKIT_FEATURE_WORKERS override them."""
+    s = RunSettings(**manifest.get("runtime", {}))
+    if os.environ.get("BIRDKIT_DEADLINE_S"):
+        s = replace(s, deadline_s=float(os.environ["BIRDKIT_DEADLINE_S"]))
+    if os.environ.get("BIRDKIT_FEATURE_WORKERS"):
+        s = replace(s, feature_workers=int(os.environ["BIRDKIT_FEATURE_WORKERS"]))
+    return s
+
+
+def load_ensemble(kit_dir: Path, manifest: dict, threads: int) -> Ensemble:
+    files = manifest.get("model_files") or [manifest["model_file"]]
+    return Ensemble([KitModel.load(kit_dir / f, threads) for f in files], manifest.get("combine", "mean"))
+
+
 def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
-    """What the notebook does: load the model, write submission.csv and timing.json."""
+    """What the notebook does: load the model(s), write submission.csv and timing.json."""
     t0 = time.perf_counter()
     manifest = json.loads((kit_dir / MANIFEST_NAME).read_text())
     competition = find_competition(input_dir, manifest["competition"])
-    model = KitModel.load(kit_dir / manifest["model_file"])
-    print(f"model {model.meta.get('model_name')} ({len(model.classes)} classes, val ROC-AUC "
-          f"{model.meta.get('val_roc_auc')}), competition data {competition}")
+    settings = run_settings(manifest)
+    workers, threads = settings.resolved()
+    ensemble = load_ensemble(kit_dir, manifest, threads)
+    names = ", ".join(f"{m.name} ({m.ms_per_window:.1f} ms/window)" for m in ensemble.models)
+    print(f"models: {names}; {len(ensemble.classes)} classes; {workers} feature workers, {threads} model threads; "
+          f"deadline {settings.deadline_s / 60:.0f} min; competition data {competition}")
     working_dir.mkdir(parents=True, exist_ok=True)
     out_csv = working_dir / "submission.csv"
     post = PostProcess(**manifest.get("postprocess", {}))
     # `make score` asks for the raw probabilities too, to report what post-processing gains.
     raw_csv = working_dir / "submission_raw.csv" if os.environ.get("BIRDKIT_KEEP_RAW") else None
-    timing = write_submission(model, competition / "test_soundscapes", competition / "sample_submission.csv",
-                              out_csv, post, raw_csv)
-    report = {**timing.to_dict(), "total_s": time.perf_counter() - t0}
+    timing = write_submission(ensemble, competition / "test_soundscapes", competition / "sample_submission.csv",
+                              out_csv, post, raw_csv, settings)
+    report = {**timing.to_dict(), "total_s": time.perf_counter() - t0, "feature_workers": workers,
+              "model_threads": threads}
     (working_dir / "timing.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out_csv}: {timing.soundscapes} soundscapes, {timing.windows} windows in {report['total_s']:.1f} s")
     return out_csv

@@ -11,7 +11,8 @@ onnxruntime on the CPU (no internet, no GPU) over `test_soundscapes/` and writes
 `submission.csv`: one row per 5-second window (`<soundscape>_<end second>`), one probability
 column per class in `sample_submission.csv`'s order.
 
-The code is imported from the attached kit dataset (`code/`), the same files training used."""
+The code is imported from the attached kit dataset (`code/`), the same files training used.
+What Kaggle's image lacks (onnxruntime, ...) is installed offline from the dataset's `wheels/`."""
 
 LOCATE = """import os, sys, time
 from pathlib import Path
@@ -29,6 +30,13 @@ if kit_dir is None:
 sys.path.insert(0, str(kit_dir / "code"))
 print("kit:", kit_dir)"""
 
+# Before anything that needs the wheels: install, offline, only what this image cannot import.
+SETUP = """import json
+from submission.kaggle_setup import install_missing
+
+kit_wheels = json.loads((kit_dir / MANIFEST).read_text()).get("wheels") or {"dir": "wheels", "requirements": {}}
+install_missing(kit_dir / kit_wheels["dir"], kit_wheels["requirements"], search_dir=INPUT_DIR)"""
+
 RUN = """from submission.infer import run_notebook
 
 submission_csv = run_notebook(kit_dir, INPUT_DIR, WORKING_DIR)
@@ -38,7 +46,7 @@ print(f"done in {time.time() - T0:.1f} s")"""
 def build_notebook() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(INTRO), nbformat.v4.new_code_cell(LOCATE),
-                nbformat.v4.new_code_cell(RUN)]
+                nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(RUN)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb

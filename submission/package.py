@@ -7,6 +7,9 @@
         model.onnx
         code/data/features.py     the feature definition training used, byte for byte
         code/submission/infer.py  the notebook's inference code
+        code/submission/kaggle_setup.py  the notebook's first import: offline install of wheels/
+        wheels/*.whl              what Kaggle's image lacks (onnxruntime, ...), for Kaggle's Python
+                                  (submission/wheels.py; --no-wheels leaves it out)
       notebook/                   a Kaggle notebook (kaggle kernels push -p submission/dist/notebook)
         kernel-metadata.json      competition source, the dataset above, GPU off, internet off
         birdclef-kit-submission.ipynb
@@ -28,14 +31,17 @@ from data.layout import submission_columns
 from data.paths import REPO, Workspace, dist_dir
 from submission.infer import MANIFEST_NAME, PostProcess
 from submission.notebook import build_notebook
+from submission.wheels import WHEELS_DIR, WheelConfig, WheelError, config_for, fetch_wheels
 
 # The code the notebook imports, copied as is (package __init__ files included).
-PACKAGED_CODE = ["data/__init__.py", "data/features.py", "submission/__init__.py", "submission/infer.py"]
+PACKAGED_CODE = ["data/__init__.py", "data/features.py", "submission/__init__.py", "submission/infer.py",
+                 "submission/kaggle_setup.py"]
 DEFAULT_DATASET_TITLE = "birdclef kit model"
 DEFAULT_NOTEBOOK_TITLE = "birdclef kit submission"
 USERNAME_PLACEHOLDER = "your-kaggle-username"
-# Measured with `make score` on the sample's soundscapes (README: post-processing).
-DEFAULT_POSTPROCESS = PostProcess(smooth_kernel=(0.25, 0.5, 0.25), mean_blend=0.3)
+# Off: on the realbirds hold-out both smoothing and mean blending lowered the score (README,
+# post-processing); `make score` prints what each variant would give on your soundscapes.
+DEFAULT_POSTPROCESS = PostProcess()
 
 
 class PackageError(RuntimeError):
@@ -93,8 +99,15 @@ def sha256(path: Path) -> str:
 
 
 def write_dataset(root: Path, onnx_path: Path, meta: dict, competition: str, dataset_id: str, title: str,
-                  post: PostProcess) -> None:
+                  post: PostProcess, wheels: WheelConfig, bundle_wheels: bool = True,
+                  wheel_cache: Path | None = None) -> None:
     root.mkdir(parents=True)
+    wheel_files = []
+    if bundle_wheels:
+        try:
+            wheel_files = fetch_wheels(wheels, root / WHEELS_DIR, wheel_cache)
+        except WheelError as e:
+            raise PackageError(str(e)) from None
     shutil.copy2(onnx_path, root / "model.onnx")
     for rel in PACKAGED_CODE:
         (root / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +119,9 @@ def write_dataset(root: Path, onnx_path: Path, meta: dict, competition: str, dat
         "val_roc_auc": meta.get("val_roc_auc"), "run": meta.get("run"), "dataset": meta.get("dataset"),
         "code": {rel: sha256(root / "code" / rel) for rel in PACKAGED_CODE},
         "postprocess": {"smooth_kernel": list(post.smooth_kernel), "mean_blend": post.mean_blend},
+        "wheels": {"dir": WHEELS_DIR, "bundled": bundle_wheels, "requirements": wheels.requirements(),
+                   "python_versions": list(wheels.python_versions), "platforms": list(wheels.platforms),
+                   "files": {p.name: sha256(p) for p in wheel_files}},
     }
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     dataset_meta = {"title": title, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
@@ -128,19 +144,32 @@ def write_notebook(root: Path, competition: str, dataset_id: str, notebook_id: s
 
 def package(onnx_path: Path, out_dir: Path, competition: str, data_dir: Path | None = None,
             post: PostProcess = DEFAULT_POSTPROCESS, dataset_title: str = DEFAULT_DATASET_TITLE,
-            notebook_title: str = DEFAULT_NOTEBOOK_TITLE) -> Path:
-    """Build out_dir (replacing it whole, never half-written). Returns the notebook path."""
+            notebook_title: str = DEFAULT_NOTEBOOK_TITLE, bundle_wheels: bool = True,
+            python_versions: list[str] | None = None, wheel_cache: Path | None = None) -> Path:
+    """Build out_dir (replacing it whole, never half-written). Returns the notebook path.
+
+    bundle_wheels: put the wheels Kaggle's image lacks into dataset/wheels/ (submission/wheels.py),
+    for python_versions (default: WheelConfig's), downloaded once into wheel_cache."""
     if not onnx_path.exists():
         raise PackageError(f"{onnx_path} not found: run `make export` first")
     meta = read_onnx_metadata(onnx_path)
     check_model(meta, onnx_path, data_dir)
+    try:
+        wheels = config_for(json.loads(meta["features"]), python_versions)
+    except ValueError as e:
+        raise PackageError(str(e)) from None
     user = kaggle_username() or USERNAME_PLACEHOLDER
     if user == USERNAME_PLACEHOLDER:
         print(f"note: no Kaggle user name found; ids use '{USERNAME_PLACEHOLDER}' (set KAGGLE_USERNAME and re-package)")
     dataset_id, notebook_id = f"{user}/{slugify(dataset_title)}", f"{user}/{slugify(notebook_title)}"
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_dataset(tmp / "dataset", onnx_path, meta, competition, dataset_id, dataset_title, post)
+    try:
+        write_dataset(tmp / "dataset", onnx_path, meta, competition, dataset_id, dataset_title, post, wheels,
+                      bundle_wheels, wheel_cache)
+    except PackageError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     notebook = write_notebook(tmp / "notebook", competition, dataset_id, notebook_id, notebook_title)
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -161,6 +190,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="weights over neighbouring windows, e.g. 0.25 0.5 0.25 (1 = off)")
     p.add_argument("--mean-blend", type=float, default=DEFAULT_POSTPROCESS.mean_blend,
                    help="share of the soundscape mean blended into each window (0 = off)")
+    p.add_argument("--no-wheels", action="store_true",
+                   help="leave the wheels Kaggle lacks (onnxruntime, ...) out of the dataset: no download; "
+                        "attach a dataset holding them to the notebook yourself")
+    p.add_argument("--python-version", action="append", dest="python_versions", metavar="X.Y",
+                   help="Kaggle's Python, for the wheels (repeatable; default: "
+                        f"{' and '.join(WheelConfig().python_versions)})")
+    p.add_argument("--wheel-cache", type=Path,
+                   help="where downloaded wheels are kept between runs (default: $BIRDKIT_WHEEL_CACHE or "
+                        "submission/wheels-cache)")
     args = p.parse_args(argv)
     ws = Workspace.of(args.data)
     onnx_path = args.onnx or ws.export_dir / "model.onnx"
@@ -172,13 +210,22 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     try:
         post = PostProcess(tuple(args.smooth_kernel), args.mean_blend)
-        notebook = package(onnx_path, args.out or dist_dir(), args.competition, ws.data_dir, post)
+        notebook = package(onnx_path, args.out or dist_dir(), args.competition, ws.data_dir, post,
+                           bundle_wheels=not args.no_wheels, python_versions=args.python_versions,
+                           wheel_cache=args.wheel_cache)
     except PackageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"package: {notebook.parent.parent}/dataset (model + code) and {notebook}")
-    print("upload: kaggle datasets create -p submission/dist/dataset   (then `datasets version` for updates)")
-    print("        kaggle kernels push -p submission/dist/notebook")
+    dataset = notebook.parent.parent / "dataset"
+    wheels = json.loads((dataset / MANIFEST_NAME).read_text())["wheels"]
+    print(f"package: {dataset} (model + code) and {notebook}")
+    if wheels["bundled"]:
+        print(f"package: wheels for Kaggle (Python {', '.join(wheels['python_versions'])}): "
+              f"{', '.join(wheels['files']) or 'none'}")
+    else:
+        print(f"package: no wheels (--no-wheels): attach a dataset holding {', '.join(wheels['requirements'].values())} "
+              "to the notebook")
+    print("upload: make upload   (creates or versions the dataset, then pushes the notebook)")
     return 0
 
 

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 
-from data.features import FeatureConfig, n_windows
+from data.features import FeatureConfig, row_end_seconds
 from data.paths import Workspace, dist_dir
+from submission.infer import PostProcess, expected_windows, list_soundscapes
 from train.metrics import kaggle_score
 
 KERNEL_NAME = "birdkit-python"
@@ -131,18 +133,36 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
 
 def check_submission(sub: pd.DataFrame, sample_submission: Path, soundscapes: Path, features: FeatureConfig) -> None:
     """Exactly sample_submission's columns; each soundscape's rows, in sorted order."""
-    import soundfile as sf
-
     columns = pd.read_csv(sample_submission, nrows=0).columns.tolist()
     if sub.columns.tolist() != columns:
         raise ScoreError("submission.csv columns differ from sample_submission.csv's")
-    expected = []
-    for path in sorted(p for p in soundscapes.iterdir() if p.suffix.lower() in {".ogg", ".wav", ".flac", ".mp3"}):
-        info = sf.info(str(path))
-        n = n_windows(int(round(info.duration * features.sample_rate_hz)), features)
-        expected += [f"{path.stem}_{int(round((i + 1) * features.window_s))}" for i in range(n)]
+    expected = [f"{path.stem}_{end}" for path in list_soundscapes(soundscapes)
+                for end in row_end_seconds(expected_windows(path, features), features)]
     if sub.row_id.tolist() != expected:
         raise ScoreError(f"submission.csv row_ids differ from the expected {len(expected)} rows in sorted order")
+
+
+# What `make score` tries on the raw probabilities, to show what post-processing would gain.
+POSTPROCESS_VARIANTS = {
+    "none": PostProcess(),
+    "smooth 0.25/0.5/0.25": PostProcess(smooth_kernel=(0.25, 0.5, 0.25)),
+    "blend 0.3 with mean": PostProcess(mean_blend=0.3),
+    "both": PostProcess(smooth_kernel=(0.25, 0.5, 0.25), mean_blend=0.3),
+}
+
+
+def postprocess_variants(solution: pd.DataFrame, raw: pd.DataFrame) -> dict[str, float]:
+    """Kaggle's metric for each post-processing variant, applied per soundscape to the raw output."""
+    classes = [c for c in raw.columns if c != "row_id"]
+    stems = raw.row_id.str.rsplit("_", n=1).str[0]
+    scores = {}
+    for name, post in POSTPROCESS_VARIANTS.items():
+        out = raw.copy()
+        for stem in stems.unique():
+            rows = stems == stem
+            out.loc[rows, classes] = post(raw.loc[rows, classes].to_numpy(np.float32))
+        scores[name] = kaggle_score(solution, out)
+    return scores
 
 
 def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) -> dict:
@@ -162,10 +182,11 @@ def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) ->
     solution = pd.read_csv(labelled.solution)
     timing = json.loads((working / "timing.json").read_text())
     n = max(timing["soundscapes"], 1)
+    raw = pd.read_csv(working / "submission_raw.csv")
     result = {
-        "score": kaggle_score(solution, sub), "score_without_postprocess":
-            kaggle_score(solution, pd.read_csv(working / "submission_raw.csv")),
-        "postprocess": manifest.get("postprocess"), "soundscapes": timing["soundscapes"], "rows": len(sub),
+        "score": kaggle_score(solution, sub), "postprocess": manifest.get("postprocess"),
+        "postprocess_variants": postprocess_variants(solution, raw),
+        "soundscapes": timing["soundscapes"], "rows": len(sub),
         "notebook_wall_s": wall_s, "seconds_per_soundscape": timing["total_s"] / n,
         "decode_s_per_soundscape": timing["decode_s"] / n, "features_s_per_soundscape": timing["features_s"] / n,
         "model_s_per_soundscape": timing["model_s"] / n, "model": manifest.get("model_name"),
@@ -188,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"score: {r['model']} on {r['soundscapes']} soundscapes ({r['rows']} rows, {r['solution']})")
-    print(f"score: macro ROC-AUC (Kaggle's metric) = {r['score']:.4f}  "
-          f"(without post-processing {r['score_without_postprocess']:.4f}; post-processing {r['postprocess']})")
+    print(f"score: macro ROC-AUC (Kaggle's metric) = {r['score']:.4f}  (packaged post-processing: {r['postprocess']})")
+    print("score: post-processing variants on the same raw output (set with PACKAGE_ARGS=\"--smooth-kernel ... "
+          "--mean-blend ...\"): " + ", ".join(f"{k} {v:.4f}" for k, v in r["postprocess_variants"].items()))
     print(f"score: {r['seconds_per_soundscape']:.2f} s per soundscape (decode {r['decode_s_per_soundscape']:.2f}, "
           f"features {r['features_s_per_soundscape']:.2f}, model {r['model_s_per_soundscape']:.2f}); "
           f"notebook wall time {r['notebook_wall_s']:.1f} s")

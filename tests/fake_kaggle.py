@@ -15,6 +15,21 @@ Switches: `fail_with = 401 | 403` answers DownloadDataFiles with Kaggle's JSON e
 `drop_after = N` sends the headers of the whole archive, N bytes of it, then closes the
 connection, once (the next request gets everything).
 
+The upload side (`make upload`, KaggleApi.dataset_create_new / dataset_create_version / kernels_push):
+
+    POST /api/v1/datasets.DatasetApiService/GetDatasetStatus
+         -> 404 for a dataset it does not hold, else {"status": ...}: the next of `statuses`
+            after each create or version, then READY
+    POST /api/v1/blobs.BlobApiService/StartBlobUpload
+         -> {"token", "createUrl": /upload/<token>}, the URL the client PUTs the file to (GCS's role)
+    PUT  /upload/<token>   -> stores the bytes
+    POST /api/v1/datasets.DatasetApiService/CreateDataset, .../CreateDatasetVersion
+         -> the files of the new version, looked up by their blob tokens, land in `datasets[ref]`
+    POST /api/v1/kernels.KernelsApiService/SaveKernel
+         -> the request lands in `kernels`; `kernel_response` adds fields to the answer
+
+`fail = {"CreateDataset": 403, ...}` answers that call with Kaggle's JSON error body.
+
 Only one server can hold the port: `serving()` takes a machine-wide lock first, so parallel
 test runs wait for each other instead of failing, and skips with a clear reason when something
 else keeps the port busy.
@@ -54,6 +69,14 @@ class FakeKaggle:
     fail_with: int | None = None  # 401 or 403 for DownloadDataFiles
     drop_after: int | None = None  # close the next archive download after this many bytes
     last_modified: float = 1_700_000_000.0
+    # upload side
+    datasets: dict[str, list[dict]] = field(default_factory=dict)  # "owner/slug" -> versions
+    statuses: list[str] = field(default_factory=list)  # what GetDatasetStatus says after an upload, then READY
+    fail: dict[str, int] = field(default_factory=dict)  # RPC name -> HTTP status to answer it with
+    kernels: list[dict] = field(default_factory=list)  # SaveKernel requests
+    kernel_response: dict = field(default_factory=dict)  # extra fields of SaveKernel's answer
+    blobs: dict[str, dict] = field(default_factory=dict)  # token -> {"name", "contentLength", "data"}
+    pending: dict[str, list[str]] = field(default_factory=dict, repr=False)
     requests: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -105,9 +128,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"code": status, "message": message})
 
-    def _body(self) -> dict:
+    def _raw_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length else b""
+
+    def _body(self) -> dict:
+        raw = self._raw_body()
         try:
             return json.loads(raw or b"{}")
         except ValueError:
@@ -122,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._download_data_files(body)
         elif path == f"{API}/security.OAuthService/IntrospectToken":
             self._introspect(body)
+        elif path.startswith(API + "/") and path.rsplit("/", 1)[-1] in self.UPLOAD_RPCS:
+            self._upload_rpc(path.rsplit("/", 1)[-1], body)
         else:
             self.fake.log(what="unknown", method="POST", path=self.path)
             self._error(404, f"fake Kaggle does not implement {path}")
@@ -133,6 +170,74 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.fake.log(what="unknown", method="GET", path=self.path)
             self._error(404, "Not found")
+
+    def do_PUT(self) -> None:
+        path = self.path.split("?")[0]
+        data = self._raw_body()
+        token = path[len("/upload/"):] if path.startswith("/upload/") else None
+        if token not in self.fake.blobs:
+            self.fake.log(what="unknown", method="PUT", path=self.path)
+            return self._error(404, "No such upload")
+        self.fake.blobs[token]["data"] = data
+        self.fake.log(what="PUT", token=token, name=self.fake.blobs[token]["name"], size=len(data),
+                      auth=self.headers.get("Authorization"))
+        self._json(200, {})
+
+    # -- the upload side
+
+    UPLOAD_RPCS = ("GetDatasetStatus", "StartBlobUpload", "CreateDataset", "CreateDatasetVersion", "SaveKernel")
+
+    def _upload_rpc(self, rpc: str, body: dict) -> None:
+        self.fake.log(what=rpc, body=body, auth=self.headers.get("Authorization"))
+        if not self.fake.authorized(self.headers.get("Authorization")):
+            return self._error(401, "Unauthenticated")
+        if rpc in self.fake.fail:
+            status = self.fake.fail[rpc]
+            return self._error(status, {403: "Permission 'datasets.create' was denied"}.get(status, "Failed"))
+        getattr(self, f"_rpc_{rpc}")(body)
+
+    def _rpc_GetDatasetStatus(self, body: dict) -> None:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.fake.datasets:
+            return self._error(404, "Not found")
+        queue = self.fake.pending.get(ref) or []
+        self._json(200, {"status": queue.pop(0) if queue else "READY"})
+
+    def _rpc_StartBlobUpload(self, body: dict) -> None:
+        token = f"blob-{len(self.fake.blobs) + 1}"
+        self.fake.blobs[token] = {"name": body.get("name"), "contentLength": body.get("contentLength"), "data": None,
+                                  "type": body.get("type")}
+        self._json(200, {"token": token, "createUrl": f"{self.fake.url}/upload/{token}"})
+
+    def _new_version(self, ref: str, files: list[dict], request: dict) -> None:
+        received = {}
+        for f in files:
+            blob = self.fake.blobs.get(f.get("token"))
+            if blob is None or blob["data"] is None:
+                return self._error(400, f"Unknown or incomplete blob {f.get('token')}")
+            received[blob["name"]] = blob["data"]
+        self.fake.datasets.setdefault(ref, []).append({"files": received, "request": request})
+        self.fake.pending[ref] = list(self.fake.statuses)
+        self._json(200, {"ref": ref, "url": f"{self.fake.url}/datasets/{ref}", "status": "ok", "error": "",
+                         "invalidTags": []})
+
+    def _rpc_CreateDataset(self, body: dict) -> None:
+        ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
+        if ref in self.fake.datasets:
+            return self._json(200, {"status": "error", "error": f"The slug {ref} is already in use"})
+        self._new_version(ref, body.get("files", []), body)
+
+    def _rpc_CreateDatasetVersion(self, body: dict) -> None:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.fake.datasets:
+            return self._error(404, "Dataset not found")
+        self._new_version(ref, (body.get("body") or {}).get("files", []), body)
+
+    def _rpc_SaveKernel(self, body: dict) -> None:
+        self.fake.kernels.append(body)
+        slug = body.get("slug", "")
+        self._json(200, {"ref": f"/code/{slug}", "url": f"{self.fake.url}/code/{slug}",
+                         "versionNumber": len(self.fake.kernels), "error": "", **self.fake.kernel_response})
 
     def _introspect(self, body: dict) -> None:
         self.fake.log(what="introspect")

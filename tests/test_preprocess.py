@@ -110,3 +110,32 @@ def test_denoised_features_get_their_own_cache(tiny_dataset):
     plain = cache_dir_for(tiny_dataset, FeatureConfig())
     denoised = cache_dir_for(tiny_dataset, FeatureConfig(denoise=True))
     assert plain != denoised and plain.parent == denoised.parent
+
+
+def test_shards_computed_apart_merge_into_the_same_cache_as_one_run(tiny_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "sharded"))
+    for i in range(3):  # three "machines"
+        shard_dir = preprocess(PreprocessConfig(tiny_dataset, workers=1, progress=False, shard=(i, 3)))
+        assert shard_dir.parent.name == "shards" and shard_dir.name == f"{i}-of-3"
+    shard_sizes = [len(read_entries(d)) for d in sorted(shard_dir.parent.iterdir())]
+    assert sum(shard_sizes) == len(read_metadata(tiny_dataset)) and min(shard_sizes) > 0
+    capsys.readouterr()
+    merged_dir = preprocess(PreprocessConfig(tiny_dataset, workers=1, progress=False))
+    out = capsys.readouterr().out
+    assert "merged" in out and "0 already cached" not in out
+    assert not (merged_dir / "shards").exists() or not any((merged_dir / "shards").iterdir())
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "whole"))
+    whole = cached_features(preprocess(PreprocessConfig(tiny_dataset, workers=1, progress=False)))
+    merged = cached_features(merged_dir)
+    assert merged.keys() == whole.keys()
+    assert all(np.array_equal(merged[k], whole[k]) for k in whole)
+
+
+def test_a_malformed_shard_is_refused_with_the_expected_form():
+    from data.preprocess import parse_shard
+
+    assert parse_shard("1/4") == (1, 4)
+    with pytest.raises(SystemExit, match="--shard takes i/n"):
+        parse_shard("half")
+    with pytest.raises(SystemExit, match="need 0 <= i < n"):
+        parse_shard("4/4")

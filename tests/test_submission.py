@@ -8,18 +8,18 @@ import torch
 
 from data.paths import dist_dir
 from export.to_onnx import ExportError, choose_best_run, export_run, load_run, ort_max_abs_diff
-from submission.infer import KitModel, PostProcess, submission_rows, write_submission
+from submission.infer import Ensemble, KitModel, PostProcess, submission_rows, write_submission
 
 
 @pytest.fixture(scope="module")
-def kit_model(chain) -> KitModel:
-    return KitModel.load(dist_dir() / "dataset" / "model.onnx", threads=1)
+def kit_model(chain) -> Ensemble:
+    return Ensemble([KitModel.load(dist_dir() / "dataset" / "model.onnx", threads=1)])
 
 
 def test_row_ids_end_at_5_to_240_seconds_and_columns_follow_sample_submission(kit_model):
     probs = np.tile(np.arange(len(kit_model.classes), dtype=np.float32), (48, 1))  # column j holds j
     columns = list(reversed(kit_model.classes)) + ["notamodelclass"]
-    rows = submission_rows("soundscape_123", probs, kit_model, columns)
+    rows = submission_rows("soundscape_123", probs, kit_model.classes, columns, kit_model.features)
     assert rows.columns.tolist() == ["row_id", *columns]
     assert rows.row_id.tolist() == [f"soundscape_123_{end}" for end in range(5, 241, 5)]
     for c in kit_model.classes:  # each value lands under its own class's name
@@ -69,5 +69,12 @@ def test_the_manifest_records_model_code_checksums_and_post_processing(chain):
     manifest = json.loads((dist_dir() / "dataset" / "birdkit.json").read_text())
     assert manifest["competition"] == "birdclef-2024"
     assert set(manifest["code"]) == {"data/__init__.py", "data/features.py", "submission/__init__.py",
-                                     "submission/infer.py"}
-    assert manifest["postprocess"] == {"smooth_kernel": [0.25, 0.5, 0.25], "mean_blend": 0.3}
+                                     "submission/infer.py", "submission/kaggle_setup.py"}
+    assert manifest["postprocess"] == {"smooth_kernel": [1.0], "mean_blend": 0.0}
+
+
+def test_score_reports_what_each_post_processing_variant_gives(chain):
+    result = json.loads((chain.score_dir / "score.json").read_text())
+    variants = result["postprocess_variants"]
+    assert set(variants) == {"none", "smooth 0.25/0.5/0.25", "blend 0.3 with mean", "both"}
+    assert variants["none"] == pytest.approx(result["score"])  # the package ships no post-processing

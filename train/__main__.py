@@ -6,16 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from data.features import DENOISE_MODES, FeatureConfig
 from data.paths import Workspace
 from data.preprocess import PreprocessConfig, ensure_cache
-from train.config import SCHEDULES, config_for
+from train.config import SCHEDULES, TrainConfig, config_for
 from train.loop import fit
 from train.models import MODEL_NAMES
 from train.report import format_table
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
@@ -40,16 +37,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, help="DataLoader workers")
     p.add_argument("--denoise", nargs="?", const="noisereduce", default="none", choices=DENOISE_MODES,
                    help="noise reduction in the features (own cache): none | spectral | noisereduce")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each model's latest killed run where it stopped (same config)")
     p.add_argument("--preprocess-workers", type=int, default=0, help="processes for preprocessing (0: all cores)")
     return p.parse_args(argv)
 
+def unfinished_run(runs_dir: Path, model: str) -> Path | None:
+    """The latest run of `model` that was stopped before its summary was written."""
+    candidates = [d for d in sorted(runs_dir.glob(f"{model}-*")) if (d / "last.pt").exists()
+                  and not (d / "summary.json").exists()]
+    return candidates[-1] if candidates else None
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = Path(args.data)
     features = FeatureConfig(denoise=args.denoise)
-    cache_dir = ensure_cache(PreprocessConfig(data_dir=data_dir, features=features, workers=args.preprocess_workers))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ws = Workspace.of(data_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     summaries = []
     for model in args.models:
@@ -58,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
             "max_windows_per_recording", "holdout_fraction", "val_fraction", "num_workers")}
         cfg = config_for(model, str(data_dir.resolve()), args.schedule, features=features, seed=args.seed,
                          device=args.device, **overrides)
-        run_dir = Workspace.of(data_dir).runs_dir / f"{model}-{stamp}"
-        summaries.append({**fit(cfg, cache_dir, run_dir), "dir": str(run_dir)})
+        run_dir = ws.runs_dir / f"{model}-{stamp}"
+        resume = args.resume and unfinished_run(ws.runs_dir, model)
+        if resume:
+            run_dir, cfg = resume, TrainConfig.load(resume / "config.json")
+            print(f"train: resuming {run_dir.name} with its own config.json (command-line settings ignored)")
+        cache_dir = ensure_cache(PreprocessConfig(data_dir=data_dir, features=cfg.features,
+                                                  workers=args.preprocess_workers))
+        summaries.append({**fit(cfg, cache_dir, run_dir, resume=bool(resume)), "dir": str(run_dir)})
     print("\nThis session's runs:")
     print(format_table(summaries))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data.features import FeatureConfig
+from train.models import PRETRAINED_AVAILABLE
 
 # The seed experiments' hyperparameters per model (batch, optimiser, learning rate, epochs).
 MODEL_DEFAULTS = {
@@ -87,4 +88,7 @@ def config_for(model: str, data_dir: str, schedule: str = "full", **overrides) -
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     values = {**MODEL_DEFAULTS.get(model, {}), **SCHEDULES[schedule].get(model, {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if model not in PRETRAINED_AVAILABLE:
+        values["pretrained"] = False  # nothing to load; --pretrained applies to the others
+    values.setdefault("pretrained", True)
     return TrainConfig(model=model, data_dir=str(data_dir), schedule=schedule, **values)

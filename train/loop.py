@@ -97,25 +97,33 @@ def augment(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen: torch.Gener
     return x, y
 
 
-def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen: torch.Generator) -> EpochResult:
+def train_step(model, x, y, cfg: TrainConfig, optimizer, scaler, device) -> torch.Tensor:
+    """One optimisation step on a batch already on the device: x [B, M, T], y [B, C].
+    Returns the loss without waiting for the device."""
+    with autocast_for(device, cfg.amp):
+        logits, aux = forward_logits(model, x)  # [B, C], Inception: aux [B, C]
+        loss = loss_fn(cfg, logits.float(), y)
+        if aux is not None:
+            loss = loss + cfg.aux_loss_weight * loss_fn(cfg, aux.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen: torch.Generator,
+                max_steps: int | None = None) -> EpochResult:
     model.train()
-    total, n, t0 = 0.0, 0, time.perf_counter()
-    for x, labels, targets in loader:
+    losses, n, t0 = [], 0, time.perf_counter()
+    for step, (x, labels, targets) in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
         x, y = augment(cfg, x, batch_targets(cfg, labels, targets), gen)  # x [B, M, T], y [B, C]
-        with autocast_for(device, cfg.amp):
-            logits, aux = forward_logits(model, x)  # [B, C], Inception: aux [B, C]
-            loss = loss_fn(cfg, logits.float(), y)
-            if aux is not None:
-                loss = loss + cfg.aux_loss_weight * loss_fn(cfg, aux.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total += loss.item() * len(x)
+        losses.append(train_step(model, x, y, cfg, optimizer, scaler, device) * len(x))
         n += len(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    total = torch.stack(losses).sum().item() if losses else 0.0  # one device sync per epoch
     return EpochResult(total / max(n, 1), n / (time.perf_counter() - t0))
 
 
@@ -146,15 +154,18 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path) -> dict:
-    """Train one model; returns the summary also written to run_dir/summary.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"\n=== {cfg.model} -> {run_dir}")
-    print("config:", json.dumps(cfg.to_dict()))
-    cfg.save(run_dir / "config.json")
-    seed_everything(cfg.seed)
-    device = select_device(cfg.device)
+@dataclass
+class Prepared:
+    """Everything a run trains and validates on."""
 
+    classes: list[str]
+    splits: object  # train.data.Splits
+    train_loader: DataLoader
+    val_loader: DataLoader
+    loader_gen: torch.Generator  # the training shuffle's random state
+
+
+def prepare(cfg: TrainConfig, cache_dir: Path, run_dir: Path, device: torch.device) -> Prepared:
     meta = read_metadata(Path(cfg.data_dir))
     classes = class_list(meta)
     cache = FeatureCache.open(cache_dir)
@@ -166,41 +177,99 @@ def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path) -> dict:
     print(f"data: {len(classes)} classes, {len(splits.train)} train windows "
           f"({len(splits.train.recordings)} recordings), {len(splits.val)} val windows "
           f"({len(splits.val.recordings)} recordings), {len(splits.holdout)} recordings held out")
-
     pin = device.type == "cuda"
     g = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(CachedWindows(cache, splits.train), batch_size=cfg.batch_size, shuffle=True,
                               generator=g, num_workers=cfg.num_workers, pin_memory=pin, drop_last=False)
     val_loader = DataLoader(CachedWindows(cache, splits.val), batch_size=max(cfg.batch_size, 64),
                             num_workers=cfg.num_workers, pin_memory=pin)
+    return Prepared(classes, splits, train_loader, val_loader, g)
 
-    model = build_model(cfg.model, len(classes), pretrained=cfg.pretrained, input_hw=cfg.input_hw).to(device)
-    optimizer = make_optimizer(cfg, model.parameters())
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
-                                  and not torch.cuda.is_bf16_supported())
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    history, best = [], None
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        tr = train_epoch(model, train_loader, cfg, optimizer, device, scaler, aug_gen)
-        val_loss, probs = predict(model, val_loader, cfg, device)
-        row = {
-            "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,
-            "val_accuracy": accuracy(splits.val.label_idx, probs),
-            "val_roc_auc": macro_roc_auc(_one_hot(splits.val.label_idx, len(classes)), probs),
-            "train_samples_per_s": tr.samples_per_s, "epoch_s": time.perf_counter() - t0,
-        }
-        history.append(row)
-        _write_history(history, run_dir, cfg)
-        improved = best is None or (row["val_roc_auc"], row["val_accuracy"]) > (best["val_roc_auc"], best["val_accuracy"])
-        print(f"epoch {epoch:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
-              f"val_acc {row['val_accuracy']:.4f}  val_auc {row['val_roc_auc']:.4f}  "
-              f"{row['train_samples_per_s']:.0f} samples/s" + ("  *best" if improved else ""))
-        if improved:
-            best = row
-            _save_best(model, cfg, classes, row, probs, splits.val, run_dir)
-    summary = _finish(cfg, classes, history, best, model, run_dir)
-    return summary
+
+@dataclass
+class TrainState:
+    """What an epoch changes; saved as last.pt after every epoch so a killed run resumes exactly."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    aug_gen: torch.Generator
+    loader_gen: torch.Generator
+    history: list
+    best: dict | None = None
+
+    def save(self, path: Path, classes: list[str]) -> None:
+        _atomic_torch_save({
+            "model_state": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "aug_gen": self.aug_gen.get_state(),
+            "loader_gen": self.loader_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "history": self.history, "best": self.best, "classes": classes,
+        }, path)
+
+    def load(self, path: Path, classes: list[str]) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["classes"] != classes:
+            raise RuntimeError(f"cannot resume {path.parent.name}: it trained on {len(state['classes'])} classes, "
+                               f"the data now has {len(classes)}; start a new run")
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.aug_gen.set_state(state["aug_gen"])
+        self.loader_gen.set_state(state["loader_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.history, self.best = state["history"], state["best"]
+
+
+def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False) -> dict:
+    """Train one model; returns the summary also written to run_dir/summary.json. With resume,
+    continue from run_dir/last.pt (model, optimizer, scaler, random states, epoch)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"\n=== {cfg.model} -> {run_dir}" + (" (resuming)" if resume else ""))
+    print("config:", json.dumps(cfg.to_dict()))
+    cfg.save(run_dir / "config.json")
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    data = prepare(cfg, cache_dir, run_dir, device)
+    model = build_model(cfg.model, len(data.classes), pretrained=cfg.pretrained and not resume,
+                        input_hw=cfg.input_hw).to(device)
+    state = TrainState(model, make_optimizer(cfg, model.parameters()),
+                       torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                            and not torch.cuda.is_bf16_supported()),
+                       torch.Generator().manual_seed(cfg.seed + 1), data.loader_gen, [])
+    if resume and (run_dir / "last.pt").exists():
+        state.load(run_dir / "last.pt", data.classes)
+        print(f"resumed after epoch {len(state.history)}")
+    for epoch in range(len(state.history) + 1, cfg.epochs + 1):
+        run_epoch(cfg, state, data, device, epoch, run_dir)
+    return _finish(cfg, data.classes, state.history, state.best, model, run_dir)
+
+
+def run_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch: int, run_dir: Path) -> None:
+    """Train, validate, record; keep the best checkpoint; then save last.pt (the resume point)."""
+    t0 = time.perf_counter()
+    tr = train_epoch(state.model, data.train_loader, cfg, state.optimizer, device, state.scaler, state.aug_gen)
+    val_loss, probs = predict(state.model, data.val_loader, cfg, device)
+    val = data.splits.val
+    row = {
+        "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,
+        "val_accuracy": accuracy(val.label_idx, probs),
+        "val_roc_auc": macro_roc_auc(_one_hot(val.label_idx, len(data.classes)), probs),
+        "train_samples_per_s": tr.samples_per_s, "epoch_s": time.perf_counter() - t0,
+    }
+    state.history.append(row)
+    _write_history(state.history, run_dir, cfg)
+    best = state.best
+    improved = best is None or (row["val_roc_auc"], row["val_accuracy"]) > (best["val_roc_auc"], best["val_accuracy"])
+    print(f"epoch {epoch:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
+          f"val_acc {row['val_accuracy']:.4f}  val_auc {row['val_roc_auc']:.4f}  "
+          f"{row['train_samples_per_s']:.0f} samples/s" + ("  *best" if improved else ""))
+    if improved:
+        state.best = row
+        _save_best(state.model, cfg, data.classes, row, probs, val, run_dir)
+    state.save(run_dir / "last.pt", data.classes)
 
 
 def _one_hot(idx: np.ndarray, n: int) -> np.ndarray:
@@ -241,4 +310,5 @@ def _finish(cfg: TrainConfig, classes: list[str], history: list[dict], best: dic
         "top_confusions": [list(x) for x in mistakes],
     }
     _atomic_json(run_dir / "summary.json", summary)
+    (run_dir / "last.pt").unlink(missing_ok=True)  # the resume point of a finished run is dead weight
     return summary

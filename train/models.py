@@ -19,6 +19,7 @@ DEFAULT_INPUT_HW = {"simple_cnn": (128, 128), "resnet18": (224, 224), "inception
 # Inception's auxiliary head (used in training) needs the full 299 px.
 MIN_INPUT_HW = {"simple_cnn": (8, 8), "resnet18": (32, 32), "inception_v3": (299, 299)}
 MODEL_NAMES = tuple(DEFAULT_INPUT_HW)
+PRETRAINED_AVAILABLE = ("resnet18", "inception_v3")  # torchvision ImageNet weights
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -1,0 +1,191 @@
+"""`make bench-infer`: the packaged notebook's own inference code, timed on synthetic soundscapes.
+
+For the exported model of DATA (or --onnx files, or every finished run with --all-runs):
+
+  - per-core costs of one 4-minute soundscape: decode, features, model (one thread each);
+  - the model alone on all cores, and the whole notebook pipeline (submission.infer's
+    write_submission: feature worker processes beside the model, results streamed to disk) on
+    all cores, seconds per soundscape, and their ratio: the pipeline's overhead;
+  - the pipeline's peak memory (this process tree's summed RSS, sampled), which must not grow
+    with the number of soundscapes;
+  - the projected minutes for Kaggle's ~1,100 soundscapes on 4 cores (submission/budget.py:
+    per-core costs summed, divided by 4; Kaggle's cores assumed as fast as this machine's).
+
+Results also go to bench/out/infer.json (under BIRDKIT_ROOT when set).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data.paths import Workspace, output_root
+from submission.budget import (
+    KAGGLE_CORES, KAGGLE_SOUNDSCAPES, Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core,
+)
+
+TARGET_MIN, TARGET_OVERHEAD, TARGET_PEAK_GB = 30.0, 1.3, 4.0
+
+
+def write_soundscapes(folder: Path, n: int, seconds: float = 240.0) -> list[Path]:
+    """n synthetic 4-minute soundscapes (noise + chirps), OGG like Kaggle's."""
+    from bench.preprocess import synthetic_soundscape
+    from data.audio_io import write_ogg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"soundscape_{i:06d}.ogg"
+        if not path.exists():
+            write_ogg(path, synthetic_soundscape(seconds, seed=i), 32_000)
+        paths.append(path)
+    return paths
+
+
+def sample_submission(folder: Path, classes: list[str]) -> Path:
+    path = folder / "sample_submission.csv"
+    path.write_text(",".join(["row_id", *classes]) + "\n")
+    return path
+
+
+class PeakMemory:
+    """Highest summed RSS of this process and its children, sampled every 50 ms."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except Exception:  # a worker exiting between listing and reading
+                pass
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _pipeline_child(onnx_path: str, test_dir: str, out_dir: str, queue) -> None:
+    """The notebook's write_submission in a fresh process: wall seconds and peak memory."""
+    from submission.infer import Ensemble, KitModel, RunSettings, write_submission
+
+    settings = RunSettings()
+    workers, threads = settings.resolved()
+    model = KitModel.load(Path(onnx_path), threads)
+    sub = sample_submission(Path(out_dir), model.classes)
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        timing = write_submission(Ensemble([model]), Path(test_dir), sub, Path(out_dir) / "submission.csv",
+                                  settings=settings)
+        wall = time.perf_counter() - t0
+    queue.put({"wall_s": wall, "soundscapes": timing.soundscapes, "peak_bytes": mem.peak,
+               "feature_workers": workers, "model_threads": threads})
+
+
+def pipeline(onnx_path: Path, test_dir: Path) -> dict:
+    ctx = mp.get_context("spawn")  # a clean process: its memory is the pipeline's alone
+    queue = ctx.Queue()
+    with tempfile.TemporaryDirectory() as out:
+        p = ctx.Process(target=_pipeline_child, args=(str(onnx_path), str(test_dir), out, queue))
+        p.start()
+        result = queue.get()
+        p.join()
+    return result
+
+
+def bench_model(name: str, onnx_path: Path, scapes: list[Path]) -> dict:
+    from submission.infer import KitModel
+
+    cfg = KitModel.load(onnx_path, threads=1).features
+    cores = os.cpu_count() or 1
+    with single_core():
+        decode_s, features_s = feature_seconds_per_soundscape(scapes[0], cfg)
+        model_1t = model_seconds_per_soundscape(onnx_path, threads=1)
+    costs = Costs(decode_s, features_s, model_1t)
+    model_all = model_seconds_per_soundscape(onnx_path, threads=cores)
+    pipe = pipeline(onnx_path, scapes[0].parent)
+    pipe_s = pipe["wall_s"] / pipe["soundscapes"]
+    return {
+        "model": name, "onnx": str(onnx_path), "decode_s": decode_s, "features_s": features_s,
+        "model_1thread_s": model_1t, "model_all_cores_s": model_all, "pipeline_s": pipe_s,
+        "overhead": pipe_s / model_all, "peak_gb": pipe["peak_bytes"] / 1e9,
+        "projected_min": costs.projected_min(), "cores_here": cores,
+        "feature_workers": pipe["feature_workers"], "model_threads": pipe["model_threads"],
+    }
+
+
+def models_to_bench(args) -> list[tuple[str, Path]]:
+    if args.onnx:
+        return [(Path(p).stem, Path(p)) for p in args.onnx]
+    ws = Workspace.of(args.data)
+    if not args.all_runs:
+        path = ws.export_dir / "model.onnx"
+        if not path.exists():
+            raise SystemExit(f"error: {path} not found: run `make export DATA={args.data}` or pass --onnx")
+        meta = json.loads((ws.export_dir / "export.json").read_text())
+        return [(meta["model"], path)]
+    from export.to_onnx import export_run
+    from train.report import finished_runs
+
+    out = []
+    for run in finished_runs(ws.runs_dir):
+        target = Path(tempfile.mkdtemp()) / run["run"]
+        export_run(Path(run["dir"]), target)
+        out.append((run["run"], target / "model.onnx"))
+    return out
+
+
+def format_table(rows: list[dict], n: int) -> str:
+    cores = rows[0]["cores_here"] if rows else os.cpu_count()
+    lines = [
+        f"bench-infer: {n} synthetic 4-minute soundscapes; this machine has {cores} cores; "
+        f"seconds per soundscape (medians)",
+        f"{'model':28s} {'decode':>7s} {'features':>8s} {'model 1t':>8s} {'model all':>9s} {'pipeline':>8s} "
+        f"{'overhead':>8s} {'peak GB':>7s} {'Kaggle min*':>11s}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['model']:28s} {r['decode_s']:7.3f} {r['features_s']:8.3f} {r['model_1thread_s']:8.3f} "
+            f"{r['model_all_cores_s']:9.3f} {r['pipeline_s']:8.3f} {r['overhead']:8.2f} {r['peak_gb']:7.2f} "
+            f"{r['projected_min']:11.1f}")
+    lines.append(f"* projected for {KAGGLE_SOUNDSCAPES} soundscapes on {KAGGLE_CORES} cores: per-core decode + "
+                 f"features + model, divided by {KAGGLE_CORES}. Targets: <= {TARGET_MIN:.0f} min, overhead "
+                 f"(pipeline / model on all cores) <= {TARGET_OVERHEAD}, peak <= {TARGET_PEAK_GB:.0f} GB.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.infer", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="data/sample", help="dataset whose exported model (or runs) to time")
+    p.add_argument("--onnx", nargs="+", help="time these ONNX files instead")
+    p.add_argument("--all-runs", action="store_true", help="export and time every finished run of --data")
+    p.add_argument("--soundscapes", type=int, default=4, help="synthetic 4-minute soundscapes for the pipeline")
+    args = p.parse_args(argv)
+    out_dir = output_root() / "bench" / "out"
+    scapes = write_soundscapes(out_dir / "infer_soundscapes", args.soundscapes)
+    rows = [bench_model(name, path, scapes) for name, path in models_to_bench(args)]
+    print(format_table(rows, len(scapes)))
+    (out_dir / "infer.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""`make bench-train`: training throughput from the real cache against the model's ceiling.
+
+For each model, on the current device, with the run's own batch size and precision:
+  - real: samples/s of the training loop reading the feature cache through the DataLoader,
+    augmentation included (train.loop.train_epoch, warm-up steps excluded);
+  - ceiling: samples/s of the same train_step on random tensors already on the device;
+  - their ratio. Below ~0.8 the data pipeline, not the model, is the bottleneck.
+Results also go to bench/out/train.json (under BIRDKIT_ROOT when set).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from data.paths import output_root
+from data.preprocess import PreprocessConfig, ensure_cache
+from train.config import config_for
+from train.loop import (
+    augment, batch_targets, make_optimizer, prepare, select_device, train_epoch, train_step,
+)
+from train.models import MODEL_NAMES, build_model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ceiling(model, cfg, n_classes: int, device, steps: int, warmup: int) -> float:
+    """samples/s of train_step on random batches resident on the device."""
+    optimizer = make_optimizer(cfg, model.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported())
+    x = torch.rand(cfg.batch_size, *cfg.features.shape, device=device)
+    labels = torch.randint(0, n_classes, (cfg.batch_size,), device=device)
+    y = batch_targets(cfg, labels, torch.nn.functional.one_hot(labels, n_classes).float())
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        xa, ya = augment(cfg, x, y, gen)  # the same per-batch work as the real loop
+        train_step(model, xa, ya, cfg, optimizer, scaler, device)
+    _sync(device)
+    return steps * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def real(model, cfg, data, device, steps: int, warmup: int) -> float:
+    """samples/s of the real loop over the cache (warm-up steps run first, untimed)."""
+    optimizer = make_optimizer(cfg, model.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported())
+    gen = torch.Generator().manual_seed(0)
+    train_epoch(model, data.train_loader, cfg, optimizer, device, scaler, gen, max_steps=warmup)
+    _sync(device)
+    return train_epoch(model, data.train_loader, cfg, optimizer, device, scaler, gen, max_steps=steps).samples_per_s
+
+
+def bench(model_name: str, data_dir: Path, device: torch.device, steps: int, warmup: int, run_dir: Path) -> dict:
+    cfg = config_for(model_name, str(data_dir.resolve()), pretrained=False, device=device.type)
+    cache_dir = ensure_cache(PreprocessConfig(data_dir=data_dir, features=cfg.features, progress=False))
+    data = prepare(cfg, cache_dir, run_dir, device)
+    steps = min(steps, max(1, len(data.train_loader) - 1))  # one epoch of the real loader at most
+    model = build_model(model_name, len(data.classes), input_hw=cfg.input_hw).to(device)
+    real_sps = real(model, cfg, data, device, steps, min(warmup, 1))
+    ceiling_sps = ceiling(model, cfg, len(data.classes), device, steps, warmup)
+    return {"model": model_name, "device": str(device), "batch": cfg.batch_size, "amp": cfg.amp and device.type == "cuda",
+            "real_samples_per_s": real_sps, "ceiling_samples_per_s": ceiling_sps, "ratio": real_sps / ceiling_sps,
+            "steps": steps}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="dataset whose feature cache to read")
+    p.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=3)
+    args = p.parse_args(argv)
+    device = select_device(args.device)
+    out = output_root() / "bench" / "out"
+    scratch = out / "train_scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    rows = [bench(m, Path(args.data), device, args.steps, args.warmup, scratch) for m in args.models]
+    print(f"\nbench-train on {device_name(device)}, data {Path(args.data).name}")
+    print(f"{'model':14s} {'batch':>5s} {'real samples/s':>15s} {'ceiling samples/s':>18s} {'ratio':>6s}")
+    for r in rows:
+        print(f"{r['model']:14s} {r['batch']:5d} {r['real_samples_per_s']:15.1f} {r['ceiling_samples_per_s']:18.1f} "
+              f"{r['ratio']:6.2f}")
+    (out / "train.json").write_text(json.dumps({"device": device_name(device), "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""What a packaged notebook will cost on Kaggle, measured here.
+
+Kaggle scores the notebook on a CPU machine: 4 cores, about 1,100 hidden 4-minute soundscapes
+(52,800 windows), 120 minutes. The projection assumes Kaggle's cores are as fast as this
+machine's and that decoding, features and the model overlap on all cores (the notebook's
+feature workers run beside the model), so the CPU seconds per soundscape divide by the cores.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.features import FeatureConfig, audio_to_features, load_audio
+
+KAGGLE_SOUNDSCAPES = 1100
+KAGGLE_CORES = 4
+WINDOWS_PER_SOUNDSCAPE = 48
+
+
+@dataclass
+class Costs:
+    """CPU seconds per 4-minute soundscape, one core (one thread) each."""
+
+    decode_s: float
+    features_s: float
+    model_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.decode_s + self.features_s + self.model_s
+
+    def projected_min(self, soundscapes: int = KAGGLE_SOUNDSCAPES, cores: int = KAGGLE_CORES) -> float:
+        return soundscapes * self.total_s / cores / 60
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def model_seconds_per_soundscape(onnx_path: Path, threads: int = 1, repeats: int = 3) -> float:
+    """Median onnxruntime time for 48 windows (one soundscape), at the given threads."""
+    from submission.infer import KitModel
+
+    model = KitModel.load(onnx_path, threads=threads)
+    feats = np.random.default_rng(0).random((WINDOWS_PER_SOUNDSCAPE, *model.features.shape), dtype=np.float32)
+    model.predict(feats)  # warm-up
+    return _median_time(lambda: model.predict(feats), repeats)
+
+
+def feature_seconds_per_soundscape(path: Path, cfg: FeatureConfig, repeats: int = 3) -> tuple[float, float]:
+    """(decode, features) median seconds for one soundscape file, this process's threads."""
+    decode_s = _median_time(lambda: load_audio(path, cfg.sample_rate_hz), repeats)
+    y = load_audio(path, cfg.sample_rate_hz)
+    features_s = _median_time(lambda: audio_to_features(y, cfg), repeats)
+    return decode_s, features_s
+
+
+def single_core():
+    """A context limiting BLAS/FFT pools to one thread, for per-core costs."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)

@@ -1,0 +1,69 @@
+"""Training: reproducible on CPU, resumable after a kill, refusing what it cannot do."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_roc_auc"]
+
+
+def train_cmd(data: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "train", "--data", str(data), "--models", "simple_cnn", "--epochs", "4",
+            "--device", "cpu", "--windows-per-recording", "2", *extra]
+
+
+def run_folder(root: Path, name: str) -> Path:
+    runs = sorted((root / "train" / "runs" / name).glob("simple_cnn-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dataset, tmp_path_factory) -> pd.DataFrame:
+    root = tmp_path_factory.mktemp("clean")
+    env = {**os.environ, "BIRDKIT_ROOT": str(root), "OMP_NUM_THREADS": "1"}
+    subprocess.run(train_cmd(tiny_dataset), cwd=REPO, env=env, check=True, capture_output=True)
+    return pd.read_csv(run_folder(root, tiny_dataset.name) / "metrics.csv")[METRICS]
+
+
+def test_the_same_seed_and_data_give_the_same_validation_metrics_on_cpu(tiny_dataset, uninterrupted, tmp_path):
+    env = {**os.environ, "BIRDKIT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    subprocess.run(train_cmd(tiny_dataset), cwd=REPO, env=env, check=True, capture_output=True)
+    again = pd.read_csv(run_folder(tmp_path, tiny_dataset.name) / "metrics.csv")[METRICS]
+    pd.testing.assert_frame_equal(again, uninterrupted)
+
+
+def test_a_killed_training_resumes_to_the_same_metrics_as_an_uninterrupted_one(tiny_dataset, uninterrupted, tmp_path):
+    env = {**os.environ, "BIRDKIT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(train_cmd(tiny_dataset), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    runs = tmp_path / "train" / "runs" / tiny_dataset.name
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once two epochs are on disk
+        metrics = list(runs.glob("simple_cnn-*/metrics.csv"))
+        if metrics and len(pd.read_csv(metrics[0])) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = run_folder(tmp_path, tiny_dataset.name)
+    assert not (run / "summary.json").exists(), "the kill should land before the end"
+    out = subprocess.run(train_cmd(tiny_dataset, "--resume"), cwd=REPO, env=env, check=True, capture_output=True,
+                         text=True).stdout
+    assert f"resuming {run.name}" in out
+    resumed = pd.read_csv(run / "metrics.csv")[METRICS]
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
+    assert (run / "summary.json").exists() and not (run / "last.pt").exists()
+
+
+def test_an_unknown_model_is_refused_before_any_work(tiny_dataset):
+    out = subprocess.run([sys.executable, "-m", "train", "--data", str(tiny_dataset), "--models", "vgg16"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "invalid choice: 'vgg16'" in out.stderr and "simple_cnn" in out.stderr
