@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -29,7 +30,7 @@ import nbformat
 from data.features import FEATURES_VERSION, FeatureConfig
 from data.layout import submission_columns
 from data.paths import REPO, Workspace, dist_dir
-from submission.infer import MANIFEST_NAME, PostProcess
+from submission.infer import DEFAULT_DEADLINE_MIN, MANIFEST_NAME, PostProcess
 from submission.notebook import build_notebook
 from submission.wheels import WHEELS_DIR, WheelConfig, WheelError, config_for, fetch_wheels
 
@@ -46,6 +47,26 @@ DEFAULT_POSTPROCESS = PostProcess()
 
 class PackageError(RuntimeError):
     """Packaging refused; the message says why."""
+
+
+@dataclass
+class PackageConfig:
+    """What goes into submission/dist/."""
+
+    onnx_paths: list[Path]  # best first; more than one: ensemble candidates
+    out_dir: Path
+    competition: str = "birdclef-2024"
+    sample_columns: list[str] | None = None  # sample_submission's classes, to check the model's against
+    allow_class_mismatch: bool = False
+    post: PostProcess = DEFAULT_POSTPROCESS
+    combine: str = "mean"  # how ensemble members' probabilities combine: mean | min
+    budget_min: float = 60.0  # ensemble members are added while the projected Kaggle time fits
+    deadline_min: float = DEFAULT_DEADLINE_MIN  # the notebook's guard (Kaggle stops it at 120)
+    dataset_title: str = DEFAULT_DATASET_TITLE
+    notebook_title: str = DEFAULT_NOTEBOOK_TITLE
+    bundle_wheels: bool = True
+    python_versions: list[str] | None = None
+    wheel_cache: Path | None = None
 
 
 def slugify(title: str) -> str:
@@ -71,8 +92,8 @@ def read_onnx_metadata(onnx_path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def check_model(meta: dict[str, str], onnx_path: Path, data_dir: Path | None) -> None:
-    """Refuse at packaging time what would otherwise fail on Kaggle."""
+def check_model(meta: dict[str, str], onnx_path: Path, columns: list[str] | None, allow_class_mismatch: bool) -> None:
+    """Refuse at packaging time what would otherwise fail (or silently score 0) on Kaggle."""
     if "features" not in meta or "classes" not in meta:
         raise PackageError(f"{onnx_path} lacks the kit's metadata (classes, features): export it with `make export`")
     if meta.get("features_version") != str(FEATURES_VERSION):
@@ -80,14 +101,16 @@ def check_model(meta: dict[str, str], onnx_path: Path, data_dir: Path | None) ->
             f"{onnx_path} was trained with features v{meta.get('features_version')} but the code to package "
             f"computes features v{FEATURES_VERSION}: re-train and re-export (`make train export`)")
     FeatureConfig.from_dict(json.loads(meta["features"]))  # parameters this code understands
-    if data_dir is not None and (data_dir / "sample_submission.csv").exists():
-        classes = json.loads(meta["classes"])
-        columns = submission_columns(data_dir)
-        if sorted(classes) != sorted(columns):
-            only_model = sorted(set(classes) - set(columns))[:5]
-            only_sub = sorted(set(columns) - set(classes))[:5]
-            print(f"warning: model classes ({len(classes)}) differ from sample_submission columns ({len(columns)}): "
-                  f"only in the model {only_model}, only in sample_submission {only_sub}; missing columns get 0")
+    classes = json.loads(meta["classes"])
+    if columns is not None and sorted(classes) != sorted(columns):
+        only_model = sorted(set(classes) - set(columns))[:5]
+        only_sub = sorted(set(columns) - set(classes))[:5]
+        message = (f"{onnx_path.name} has {len(classes)} classes but sample_submission.csv has {len(columns)} "
+                   f"columns: only in the model {only_model}, only in sample_submission {only_sub}")
+        if not allow_class_mismatch:
+            raise PackageError(f"{message}. Train on this competition's data, or pass --allow-class-mismatch "
+                               "(columns the model lacks then get 0)")
+        print(f"warning: {message}; columns the model lacks get 0")
 
 
 def sha256(path: Path) -> str:
@@ -98,33 +121,43 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_dataset(root: Path, onnx_path: Path, meta: dict, competition: str, dataset_id: str, title: str,
-                  post: PostProcess, wheels: WheelConfig, bundle_wheels: bool = True,
-                  wheel_cache: Path | None = None) -> None:
+def model_entry(root: Path, onnx_path: Path, index: int, meta: dict) -> dict:
+    """Copy one model into the dataset; its manifest entry."""
+    name = "model.onnx" if index == 0 else f"model-{index + 1}.onnx"
+    shutil.copy2(onnx_path, root / name)
+    return {"file": name, "sha256": sha256(root / name), "model_name": meta.get("model_name"),
+            "run": meta.get("run"), "val_roc_auc": meta.get("val_roc_auc")}
+
+
+def write_dataset(root: Path, cfg: PackageConfig, members: list[tuple[Path, dict]], wheels: WheelConfig,
+                  dataset_id: str) -> None:
     root.mkdir(parents=True)
     wheel_files = []
-    if bundle_wheels:
+    if cfg.bundle_wheels:
         try:
-            wheel_files = fetch_wheels(wheels, root / WHEELS_DIR, wheel_cache)
+            wheel_files = fetch_wheels(wheels, root / WHEELS_DIR, cfg.wheel_cache)
         except WheelError as e:
             raise PackageError(str(e)) from None
-    shutil.copy2(onnx_path, root / "model.onnx")
+    models = [model_entry(root, path, k, meta) for k, (path, meta) in enumerate(members)]
     for rel in PACKAGED_CODE:
         (root / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, root / "code" / rel)
+    meta = members[0][1]
     manifest = {
-        "model_file": "model.onnx", "model_sha256": sha256(root / "model.onnx"), "competition": competition,
+        "model_file": models[0]["file"], "model_files": [m["file"] for m in models], "models": models,
+        "combine": cfg.combine, "competition": cfg.competition,
         "model_name": meta.get("model_name"), "classes": len(json.loads(meta["classes"])),
         "features_version": FEATURES_VERSION, "features": json.loads(meta["features"]),
         "val_roc_auc": meta.get("val_roc_auc"), "run": meta.get("run"), "dataset": meta.get("dataset"),
         "code": {rel: sha256(root / "code" / rel) for rel in PACKAGED_CODE},
-        "postprocess": {"smooth_kernel": list(post.smooth_kernel), "mean_blend": post.mean_blend},
-        "wheels": {"dir": WHEELS_DIR, "bundled": bundle_wheels, "requirements": wheels.requirements(),
+        "postprocess": {"smooth_kernel": list(cfg.post.smooth_kernel), "mean_blend": cfg.post.mean_blend},
+        "runtime": {"deadline_s": cfg.deadline_min * 60},
+        "wheels": {"dir": WHEELS_DIR, "bundled": cfg.bundle_wheels, "requirements": wheels.requirements(),
                    "python_versions": list(wheels.python_versions), "platforms": list(wheels.platforms),
                    "files": {p.name: sha256(p) for p in wheel_files}},
     }
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    dataset_meta = {"title": title, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
+    dataset_meta = {"title": cfg.dataset_title, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
     (root / "dataset-metadata.json").write_text(json.dumps(dataset_meta, indent=2) + "\n")
 
 
@@ -142,35 +175,71 @@ def write_notebook(root: Path, competition: str, dataset_id: str, notebook_id: s
     return root / code_file
 
 
-def package(onnx_path: Path, out_dir: Path, competition: str, data_dir: Path | None = None,
-            post: PostProcess = DEFAULT_POSTPROCESS, dataset_title: str = DEFAULT_DATASET_TITLE,
-            notebook_title: str = DEFAULT_NOTEBOOK_TITLE, bundle_wheels: bool = True,
-            python_versions: list[str] | None = None, wheel_cache: Path | None = None) -> Path:
-    """Build out_dir (replacing it whole, never half-written). Returns the notebook path.
+def choose_members(cfg: PackageConfig) -> list[tuple[Path, dict]]:
+    """The best model, then the next ones while the projected Kaggle time stays in the budget."""
+    members = []
+    for k, path in enumerate(cfg.onnx_paths):
+        if not path.exists():
+            raise PackageError(f"{path} not found: run `make export` first")
+        meta = read_onnx_metadata(path)
+        check_model(meta, path, cfg.sample_columns, cfg.allow_class_mismatch)
+        if members and (meta["classes"], meta["features"]) != (members[0][1]["classes"], members[0][1]["features"]):
+            print(f"package: {path.name} left out of the ensemble: other classes or features than {cfg.onnx_paths[0].name}")
+            continue
+        members.append((path, meta))
+    if len(members) > 1:
+        members = fit_budget(members, cfg.budget_min)
+    return members
 
-    bundle_wheels: put the wheels Kaggle's image lacks into dataset/wheels/ (submission/wheels.py),
-    for python_versions (default: WheelConfig's), downloaded once into wheel_cache."""
-    if not onnx_path.exists():
-        raise PackageError(f"{onnx_path} not found: run `make export` first")
-    meta = read_onnx_metadata(onnx_path)
-    check_model(meta, onnx_path, data_dir)
+
+def fit_budget(members: list[tuple[Path, dict]], budget_min: float) -> list[tuple[Path, dict]]:
+    """Measure each model here (one thread, one 4-minute soundscape) and keep the best-first
+    prefix whose projected Kaggle time fits the budget (submission/budget.py)."""
+    import tempfile
+
+    from bench.preprocess import synthetic_soundscape
+    from data.audio_io import write_ogg
+    from submission.budget import Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core
+
+    cfg = FeatureConfig.from_dict(json.loads(members[0][1]["features"]))
+    with tempfile.TemporaryDirectory() as tmp, single_core():
+        scape = Path(tmp) / "soundscape.ogg"
+        write_ogg(scape, synthetic_soundscape(240.0), cfg.sample_rate_hz)
+        decode_s, features_s = feature_seconds_per_soundscape(scape, cfg, repeats=1)
+        kept, model_s = [], 0.0
+        for path, meta in members:
+            cost = model_seconds_per_soundscape(path, threads=1, repeats=1)
+            projected = Costs(decode_s, features_s, model_s + cost).projected_min()
+            verdict = "kept" if not kept or projected <= budget_min else "over budget, left out"
+            print(f"package: {path.name} ({meta.get('model_name')}): {cost:.2f} s/soundscape; ensemble projected "
+                  f"{projected:.1f} min on Kaggle (budget {budget_min:.0f}) -> {verdict}")
+            if verdict == "kept":
+                kept.append((path, meta))
+                model_s += cost
+    return kept
+
+
+def package(cfg: PackageConfig) -> Path:
+    """Build cfg.out_dir (replacing it whole, never half-written). Returns the notebook path."""
+    members = choose_members(cfg)
     try:
-        wheels = config_for(json.loads(meta["features"]), python_versions)
+        wheels = config_for(json.loads(members[0][1]["features"]), cfg.python_versions)
     except ValueError as e:
         raise PackageError(str(e)) from None
     user = kaggle_username() or USERNAME_PLACEHOLDER
     if user == USERNAME_PLACEHOLDER:
         print(f"note: no Kaggle user name found; ids use '{USERNAME_PLACEHOLDER}' (set KAGGLE_USERNAME and re-package)")
-    dataset_id, notebook_id = f"{user}/{slugify(dataset_title)}", f"{user}/{slugify(notebook_title)}"
+    dataset_id = f"{user}/{slugify(cfg.dataset_title)}"
+    notebook_id = f"{user}/{slugify(cfg.notebook_title)}"
+    out_dir = cfg.out_dir
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        write_dataset(tmp / "dataset", onnx_path, meta, competition, dataset_id, dataset_title, post, wheels,
-                      bundle_wheels, wheel_cache)
+        write_dataset(tmp / "dataset", cfg, members, wheels, dataset_id)
     except PackageError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    notebook = write_notebook(tmp / "notebook", competition, dataset_id, notebook_id, notebook_title)
+    notebook = write_notebook(tmp / "notebook", cfg.competition, dataset_id, notebook_id, cfg.notebook_title)
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():
@@ -184,7 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m submission.package", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder whose exported model to package")
     p.add_argument("--competition", default="birdclef-2024", help="Kaggle competition slug")
-    p.add_argument("--onnx", type=Path, help="model to package (default: the export of --data)")
+    p.add_argument("--onnx", type=Path, nargs="+", help="model(s) to package, best first (default: the export of --data)")
+    p.add_argument("--ensemble", type=int, default=1,
+                   help="up to N exported models (make export EXPORT_ARGS=--top N), kept while they fit --budget-min")
+    p.add_argument("--combine", choices=["mean", "min"], default="mean", help="how ensemble members combine")
+    p.add_argument("--budget-min", type=float, default=60.0,
+                   help="projected Kaggle minutes the ensemble may take (measured here; 4 cores, 1,100 soundscapes)")
+    p.add_argument("--deadline-min", type=float, default=DEFAULT_DEADLINE_MIN,
+                   help="the notebook's own deadline: past its projection it switches to cheaper paths")
+    p.add_argument("--allow-class-mismatch", action="store_true",
+                   help="package a model whose classes differ from sample_submission's columns")
     p.add_argument("--out", type=Path, help="output folder (default: submission/dist)")
     p.add_argument("--smooth-kernel", type=float, nargs="+", default=list(DEFAULT_POSTPROCESS.smooth_kernel),
                    help="weights over neighbouring windows, e.g. 0.25 0.5 0.25 (1 = off)")
@@ -201,18 +279,23 @@ def main(argv: list[str] | None = None) -> int:
                         "submission/wheels-cache)")
     args = p.parse_args(argv)
     ws = Workspace.of(args.data)
-    onnx_path = args.onnx or ws.export_dir / "model.onnx"
-    if args.onnx is None and not onnx_path.exists():
+    if not args.onnx and not (ws.export_dir / "model.onnx").exists():
         print(f"package: no exported model for {ws.name} yet, exporting first")
         from export.__main__ import main as export_main
 
-        if export_main(["--data", str(args.data)]) != 0:
+        if export_main(["--data", str(args.data), "--top", str(args.ensemble)]) != 0:
             return 1
+    exported = [ws.export_dir / "model.onnx", *sorted(ws.export_dir.glob("model-*.onnx"),
+                                                      key=lambda p: int(p.stem.split("-")[1]))]
+    columns = submission_columns(ws.data_dir) if (ws.data_dir / "sample_submission.csv").exists() else None
+    cfg = PackageConfig(
+        onnx_paths=args.onnx or exported[: args.ensemble], out_dir=args.out or dist_dir(),
+        competition=args.competition, sample_columns=columns, allow_class_mismatch=args.allow_class_mismatch,
+        post=PostProcess(tuple(args.smooth_kernel), args.mean_blend), combine=args.combine,
+        budget_min=args.budget_min, deadline_min=args.deadline_min, bundle_wheels=not args.no_wheels,
+        python_versions=args.python_versions, wheel_cache=args.wheel_cache)
     try:
-        post = PostProcess(tuple(args.smooth_kernel), args.mean_blend)
-        notebook = package(onnx_path, args.out or dist_dir(), args.competition, ws.data_dir, post,
-                           bundle_wheels=not args.no_wheels, python_versions=args.python_versions,
-                           wheel_cache=args.wheel_cache)
+        notebook = package(cfg)
     except PackageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -78,3 +78,57 @@ def test_score_reports_what_each_post_processing_variant_gives(chain):
     variants = result["postprocess_variants"]
     assert set(variants) == {"none", "smooth 0.25/0.5/0.25", "blend 0.3 with mean", "both"}
     assert variants["none"] == pytest.approx(result["score"])  # the package ships no post-processing
+
+
+@pytest.fixture(scope="module")
+def two_exports(chain, tmp_path_factory):
+    """The chain's two runs exported best first, as `make export EXPORT_ARGS=--top 2` does."""
+    from export.to_onnx import export_best
+
+    out = tmp_path_factory.mktemp("top2")
+    report = export_best(chain.runs_dir, out, top=2)
+    assert len(report["ensemble"]) == 1
+    return [out / "model.onnx", out / "model-2.onnx"]
+
+
+def test_an_ensemble_is_packaged_when_its_projected_time_fits_the_budget(two_exports, tmp_path, capsys):
+    from submission.package import PackageConfig, package
+
+    package(PackageConfig(two_exports, tmp_path / "dist", budget_min=1e6, bundle_wheels=False))
+    manifest = json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())
+    assert manifest["model_files"] == ["model.onnx", "model-2.onnx"]
+    assert (tmp_path / "dist" / "dataset" / "model-2.onnx").exists()
+    assert "ensemble projected" in capsys.readouterr().out
+
+
+def test_ensemble_members_over_the_budget_are_left_out_but_the_best_model_stays(two_exports, tmp_path, capsys):
+    from submission.package import PackageConfig, package
+
+    package(PackageConfig(two_exports, tmp_path / "dist", budget_min=0.0, bundle_wheels=False))
+    manifest = json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())
+    assert manifest["model_files"] == ["model.onnx"]
+    assert "over budget, left out" in capsys.readouterr().out
+
+
+def test_a_model_whose_classes_differ_from_sample_submission_is_refused_naming_both(two_exports, tmp_path):
+    from submission.package import PackageConfig, PackageError, package
+
+    columns = ["aaa1", "bbb2"]
+    with pytest.raises(PackageError, match=r"model.onnx has \d+ classes but sample_submission.csv has 2 columns"):
+        package(PackageConfig(two_exports[:1], tmp_path / "dist", sample_columns=columns, bundle_wheels=False))
+    assert not (tmp_path / "dist").exists()
+
+
+def test_a_model_from_other_feature_code_is_refused_at_packaging_not_on_kaggle(two_exports, tmp_path):
+    import onnx
+
+    from submission.package import PackageConfig, PackageError, package
+
+    model = onnx.load(str(two_exports[0]))
+    for prop in model.metadata_props:
+        if prop.key == "features_version":
+            prop.value = "0"
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    with pytest.raises(PackageError, match="trained with features v0 but the code to package computes features v1"):
+        package(PackageConfig([old], tmp_path / "dist", bundle_wheels=False))

@@ -69,8 +69,8 @@ def env(tmp_path, monkeypatch) -> Path:
 def make_dist(work: Path, denoise: str = "none") -> Path:
     """`make package` of a tiny model, with (stand-in) wheels from a seeded cache."""
     out = work / "dist"
-    package.package(tiny_onnx(work / "model.onnx", denoise), out, "birdclef-2024",
-                    wheel_cache=seeded_cache(work / "wheel-cache"))
+    package.package(package.PackageConfig([tiny_onnx(work / "model.onnx", denoise)], out,
+                                          wheel_cache=seeded_cache(work / "wheel-cache")))
     return out
 
 

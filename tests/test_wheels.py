@@ -229,7 +229,7 @@ def test_the_notebook_installs_missing_wheels_before_it_imports_the_kit(tmp_path
     """The notebook's own cells, run against the packaged dataset, with a requirement the kernel lacks."""
     monkeypatch.setenv("KAGGLE_USERNAME", "tester")
     out = tmp_path / "dist"
-    package.package(tiny_onnx(tmp_path / "model.onnx"), out, "birdclef-2024", bundle_wheels=False)
+    package.package(package.PackageConfig([tiny_onnx(tmp_path / "model.onnx")], out, bundle_wheels=False))
     dataset = out / "dataset"
     build_wheel(dataset / "wheels")
     manifest = json.loads((dataset / "birdkit.json").read_text())
