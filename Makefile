@@ -31,6 +31,8 @@ HOLDOUT_ARGS     ?=
 UPLOAD_ARGS      ?=
 PYTEST_ARGS      ?=
 
+# A stage that needs DATA brings it in: the sample is generated, the competition downloaded.
+NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv),,$(if $(filter $(abspath $(SAMPLE)),$(abspath $(DATA))),sample,data))
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
 BENCH_ARGS  ?=
 STAMP := $(VENV)/.installed-$(ORT)
@@ -57,10 +59,10 @@ data: venv  ## download COMPETITION from Kaggle into DATA and check its layout
 sample: venv  ## generate the embedded synthetic sample dataset into data/sample
 	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)
 
-preprocess: venv  ## audio -> cached 5-s mel windows for DATA (resumable)
+preprocess: venv $(NEEDS_DATA)  ## audio -> cached 5-s mel windows for DATA (resumable)
 	$(PY) -m data.preprocess --data $(DATA) $(FEATURE_FLAGS) $(PREPROCESS_ARGS)
 
-train: venv  ## train MODELS on DATA (preprocesses first when the cache is missing or stale)
+train: venv $(NEEDS_DATA)  ## train MODELS on DATA (preprocesses first when the cache is missing or stale)
 	$(PY) -m train --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) \
 	    $(if $(filter 1 yes true,$(RESUME)),--resume,) $(TRAIN_ARGS)
 
@@ -76,7 +78,7 @@ package: venv  ## Kaggle notebook + dataset folder in submission/dist/
 upload: venv  ## create or version the Kaggle dataset, wait until it is ready, push the notebook
 	$(PY) -m submission.upload $(UPLOAD_ARGS)
 
-holdout: venv  ## labelled held-out soundscapes from withheld recordings of DATA
+holdout: venv $(NEEDS_DATA)  ## labelled held-out soundscapes from withheld recordings of DATA
 	$(PY) -m data.holdout --data $(DATA) --seed $(SEED) $(HOLDOUT_ARGS)
 
 score: package  ## run the packaged notebook on labelled soundscapes, print Kaggle's metric
@@ -88,7 +90,7 @@ bench-preprocess: venv  ## decode + denoise + mel speed per core for each denois
 bench-infer: venv  ## the notebook's inference on synthetic soundscapes: time, memory, Kaggle projection
 	$(PY) -m bench.infer --data $(DATA) $(BENCH_ARGS)
 
-bench-train: venv  ## training samples/s from the cache vs the compute-only ceiling, per model
+bench-train: venv $(NEEDS_DATA)  ## training samples/s from the cache vs the compute-only ceiling, per model
 	$(PY) -m bench.train --data $(DATA) --models $(MODELS) $(BENCH_ARGS)
 
 demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes

@@ -83,14 +83,16 @@ class PeakMemory:
         self._thread.join()
 
 
-def _pipeline_child(onnx_path: str, test_dir: str, out_dir: str, queue) -> None:
+def _pipeline_child(onnx_path: str, test_dir: str, out_dir: str, queue, feature_workers: int) -> None:
     """The notebook's write_submission in a fresh process: wall seconds and peak memory."""
-    from submission.infer import Ensemble, KitModel, RunSettings, write_submission
+    from submission.infer import Ensemble, KitModel, RunSettings, soundscape_features, write_submission
 
-    settings = RunSettings()
+    settings = RunSettings(feature_workers=feature_workers)
     workers, threads = settings.resolved()
     model = KitModel.load(Path(onnx_path), threads)
     sub = sample_submission(Path(out_dir), model.classes)
+    first = sorted(Path(test_dir).glob("*.ogg"))[0]  # warm-up: one-off imports, FFT plans
+    model.predict(soundscape_features(first, model.features).feats)
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         timing = write_submission(Ensemble([model]), Path(test_dir), sub, Path(out_dir) / "submission.csv",
@@ -100,11 +102,11 @@ def _pipeline_child(onnx_path: str, test_dir: str, out_dir: str, queue) -> None:
                "feature_workers": workers, "model_threads": threads})
 
 
-def pipeline(onnx_path: Path, test_dir: Path) -> dict:
+def pipeline(onnx_path: Path, test_dir: Path, feature_workers: int = -1) -> dict:
     ctx = mp.get_context("spawn")  # a clean process: its memory is the pipeline's alone
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as out:
-        p = ctx.Process(target=_pipeline_child, args=(str(onnx_path), str(test_dir), out, queue))
+        p = ctx.Process(target=_pipeline_child, args=(str(onnx_path), str(test_dir), out, queue, feature_workers))
         p.start()
         result = queue.get()
         p.join()
@@ -130,6 +132,82 @@ def bench_model(name: str, onnx_path: Path, scapes: list[Path]) -> dict:
         "projected_min": costs.projected_min(), "cores_here": cores,
         "feature_workers": pipe["feature_workers"], "model_threads": pipe["model_threads"],
     }
+
+
+# ------------------------------------------------------------------------------ levers
+def _session(path: Path, threads: int, level: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _time_session(session, feats: np.ndarray, repeats: int = 3) -> float:
+    name = session.get_inputs()[0].name
+    session.run(None, {name: feats})
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, {name: feats})
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def quantize_int8(onnx_path: Path, feats: np.ndarray, out: Path) -> Path:
+    """Static int8 (QDQ) quantisation calibrated on real feature windows."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Windows(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"features": feats[i : i + 8]} for i in range(0, len(feats), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(onnx_path), str(out), Windows(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return out
+
+
+def levers(name: str, onnx_path: Path, scapes: list[Path]) -> list[dict]:
+    """Each lever's effect on one soundscape's model time (or on the pipeline), measured here."""
+    from submission.infer import KitModel, soundscape_features
+
+    cfg = KitModel.load(onnx_path, threads=1).features
+    feats = soundscape_features(scapes[0], cfg).feats  # [48, M, T]
+    cores = os.cpu_count() or 1
+    rows = []
+    base = _time_session(_session(onnx_path, cores, "ORT_ENABLE_ALL"), feats)
+    rows.append({"lever": "graph optimisation: basic instead of all", "seconds": _time_session(
+        _session(onnx_path, cores, "ORT_ENABLE_BASIC"), feats), "baseline": base})
+    rows.append({"lever": f"model threads: 1 instead of {cores}", "seconds": _time_session(
+        _session(onnx_path, 1, "ORT_ENABLE_ALL"), feats), "baseline": base})
+    with tempfile.TemporaryDirectory() as tmp:
+        q = quantize_int8(onnx_path, feats, Path(tmp) / "int8.onnx")
+        q_session = _session(q, cores, "ORT_ENABLE_ALL")
+        diff = float(np.abs(q_session.run(None, {"features": feats})[0]
+                            - _session(onnx_path, cores, "ORT_ENABLE_ALL").run(None, {"features": feats})[0]).max())
+        rows.append({"lever": f"int8 static quantisation (max |diff| {diff:.3f})",
+                     "seconds": _time_session(q_session, feats), "baseline": base})
+    serial = pipeline(onnx_path, scapes[0].parent, feature_workers=0)
+    parallel = pipeline(onnx_path, scapes[0].parent)
+    rows.append({"lever": f"feature workers: {parallel['feature_workers']} processes beside the model instead of none",
+                 "seconds": parallel["wall_s"] / parallel["soundscapes"],
+                 "baseline": serial["wall_s"] / serial["soundscapes"]})
+    for r in rows:
+        r["model"] = name
+    return rows
+
+
+def format_levers(rows: list[dict]) -> str:
+    lines = [f"{'model':24s} {'lever':60s} {'before s':>8s} {'after s':>8s} {'speed-up':>8s}"]
+    for r in rows:
+        lines.append(f"{r['model']:24s} {r['lever']:60s} {r['baseline']:8.3f} {r['seconds']:8.3f} "
+                     f"{r['baseline'] / r['seconds']:7.2f}x")
+    return "\n".join(lines)
 
 
 def models_to_bench(args) -> list[tuple[str, Path]]:
@@ -178,12 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx", nargs="+", help="time these ONNX files instead")
     p.add_argument("--all-runs", action="store_true", help="export and time every finished run of --data")
     p.add_argument("--soundscapes", type=int, default=4, help="synthetic 4-minute soundscapes for the pipeline")
+    p.add_argument("--levers", action="store_true",
+                   help="also measure each speed lever: graph optimisation, threads, int8, feature workers")
     args = p.parse_args(argv)
     out_dir = output_root() / "bench" / "out"
     scapes = write_soundscapes(out_dir / "infer_soundscapes", args.soundscapes)
-    rows = [bench_model(name, path, scapes) for name, path in models_to_bench(args)]
+    models = models_to_bench(args)
+    rows = [bench_model(name, path, scapes) for name, path in models]
     print(format_table(rows, len(scapes)))
-    (out_dir / "infer.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lever_rows = [r for name, path in models for r in levers(name, path, scapes)] if args.levers else []
+    if lever_rows:
+        print("\nlevers (seconds per soundscape; model time unless the lever is the pipeline's):")
+        print(format_levers(lever_rows))
+    (out_dir / "infer.json").write_text(json.dumps({"models": rows, "levers": lever_rows}, indent=2) + "\n")
     return 0
 
 

@@ -23,7 +23,7 @@ from train.config import config_for
 from train.loop import (
     augment, batch_targets, make_optimizer, prepare, select_device, train_epoch, train_step,
 )
-from train.models import MODEL_NAMES, build_model
+from train.models import DEFAULT_MODELS, MODEL_NAMES, build_model
 
 
 def _sync(device: torch.device) -> None:
@@ -82,7 +82,7 @@ def device_name(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset whose feature cache to read")
-    p.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODEL_NAMES)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=3)

@@ -116,9 +116,26 @@ def load_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
     """Decode any readable audio file to mono float32 at sample_rate_hz.
 
     soundfile (libsndfile) reads OGG/FLAC/WAV/MP3 quickly; anything else falls back to
-    librosa's audioread path. Stereo is averaged. Non-finite samples are kept: callers
-    decide (preprocessing skips such files, the notebook zero-fills them).
+    librosa's audioread path. Stereo is averaged. Non-finite samples are kept when the file is
+    at sample_rate_hz and zero-filled by resampling otherwise: callers decide (preprocessing
+    reads through load_finite_audio and skips such files, the notebook zero-fills them).
     """
+    y, sr = decode(path)
+    return at_rate(y, sr, sample_rate_hz)
+
+
+def load_finite_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
+    """load_audio, refusing a file with NaN/inf samples (AudioError naming how many of the
+    file's own samples, counted before resampling, which would zero-fill them unseen)."""
+    y, sr = decode(path)
+    finite = np.isfinite(y)
+    if not finite.all():
+        raise AudioError(f"{path}: {int((~finite).sum())} NaN/inf samples (of {y.size})")
+    return at_rate(y, sr, sample_rate_hz)
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, int]:
+    """(mono float32 samples, their sample rate) as stored; AudioError when there are none."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
@@ -130,9 +147,19 @@ def load_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
         try:
             y, sr = _read_audioread(path)
         except Exception as ar_error:
-            raise AudioError(f"{path}: unreadable audio ({sf_error}; {ar_error})") from ar_error
+            raise AudioError(f"{path}: unreadable audio (soundfile: {_why(sf_error)}; "
+                             f"audioread: {_why(ar_error)})") from ar_error
     if y.size == 0:
         raise AudioError(f"{path}: no samples")
+    return y, sr
+
+
+def _why(e: Exception) -> str:
+    return str(e).strip() or type(e).__name__  # audioread's NoBackendError has no message
+
+
+def at_rate(y: np.ndarray, sr: int, sample_rate_hz: int) -> np.ndarray:
+    """Mono samples at rate sr -> float32 at sample_rate_hz."""
     if sr != sample_rate_hz:
         y = _resample(y, sr, sample_rate_hz)
     return np.ascontiguousarray(y, dtype=np.float32)
@@ -503,8 +530,5 @@ def audio_to_features(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
 
 def file_to_features(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
-    """Decode + features. Raises AudioError for a file with no usable samples."""
-    y = load_audio(path, cfg.sample_rate_hz)
-    if not np.isfinite(y).all():
-        raise AudioError(f"{path}: {int((~np.isfinite(y)).sum())} NaN/inf samples")
-    return audio_to_features(y, cfg)
+    """Decode + features. Raises AudioError for a file with no usable samples or with NaN/inf ones."""
+    return audio_to_features(load_finite_audio(path, cfg.sample_rate_hz), cfg)

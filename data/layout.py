@@ -72,6 +72,17 @@ def class_list(meta: pd.DataFrame) -> list[str]:
     return sorted(meta["primary_label"].unique().tolist())
 
 
+def class_change(old: list[str], new: list[str]) -> str:
+    """How a class list changed, for refusals: 'added: a, b; removed: c'."""
+    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+
+    def names(items: list[str], show: int = 10) -> str:
+        return ", ".join(items[:show]) + (f" (+{len(items) - show} more)" if len(items) > show else "")
+
+    parts = ([f"added: {names(added)}"] if added else []) + ([f"removed: {names(removed)}"] if removed else [])
+    return "; ".join(parts) or "same classes, other order"
+
+
 def submission_columns(data_dir: Path) -> list[str]:
     """Class columns of sample_submission.csv, in its order."""
     cols = pd.read_csv(data_dir / "sample_submission.csv", nrows=0).columns.tolist()
@@ -95,6 +106,7 @@ class LayoutReport:
     unreadable: list[str] = field(default_factory=list)
     rows_without_file: list[str] = field(default_factory=list)
     files_without_row: list[str] = field(default_factory=list)
+    folders_without_rows: list[str] = field(default_factory=list)  # class folders no metadata row names
     unlabeled_soundscapes: int = 0
     test_soundscapes: int = 0
 
@@ -120,6 +132,9 @@ class LayoutReport:
             f"files without row  {len(self.files_without_row)}"
             + (f": {sample(self.files_without_row)}" if self.files_without_row else ""),
         ]
+        if self.folders_without_rows:  # a whole species folder unknown to the metadata: it is not trained on
+            lines.append(f"folders not in metadata {len(self.folders_without_rows)}: "
+                         f"{sample(self.folders_without_rows)} (their files are ignored: no row gives their labels)")
         return "\n".join(lines)
 
 
@@ -145,6 +160,9 @@ def validate_layout(data_dir: Path, progress: bool = True) -> LayoutReport:
     listed = set(meta["filename"])
     report.rows_without_file = sorted(listed - on_disk)
     report.files_without_row = sorted(on_disk - listed)
+    listed_folders = {f.split("/")[0] for f in listed}
+    report.folders_without_rows = sorted({f.split("/")[0] for f in report.files_without_row if "/" in f}
+                                         - listed_folders)
     report.species = meta["primary_label"].nunique()
     seconds = 0.0
     present = sorted(listed & on_disk)

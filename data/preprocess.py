@@ -7,6 +7,11 @@ The cache, one folder per dataset and feature fingerprint (data/cache/<name>/<fi
     entries.csv     the index: one line per recording (filename,status,first_row,n_windows,detail)
     complete.json   written when every recording of train_metadata.csv has an entry
 
+A recording that cannot become features is committed as skipped (or missing) with the reason in
+`detail`; one kept in part (a truncated Ogg file, pages dropped for a bad checksum) is ok with a
+note there. Before anything is written, the cache's size is estimated from the files' headers and
+a run that would not fit on its disk is refused (DiskSpaceError).
+
 entries.csv is the commit log. A recording's feature rows are written first and its line is
 appended after, so a killed run leaves at worst rows past the last committed line; the next run
 truncates them and carries on. Workers decode and compute; only the parent process writes.
@@ -17,22 +22,30 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data.features import DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, file_to_features
-from data.layout import read_metadata
+from data.features import (DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, audio_to_features,
+                           load_finite_audio, n_windows)
+from data.layout import audio_seconds, read_metadata
 from data.paths import Workspace
 
 ENTRY_FIELDS = ["filename", "status", "first_row", "n_windows", "detail"]
 STORE_DTYPE = np.float16
+
+
+class DiskSpaceError(RuntimeError):
+    """The cache would not fit on its disk: refused before anything is written."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class CacheWriter:
         self._data = open(self.dir / "features.f16", "r+b" if (self.dir / "features.f16").exists() else "w+b")
         self._data.truncate(self.n_rows * self.row_bytes)  # drop rows of an uncommitted recording
         self._data.seek(self.n_rows * self.row_bytes)
-        self._entries = open(self.dir / "entries.csv", "a", newline="")
+        self._entries = open(self.dir / "entries.csv", "a", newline="", encoding="utf-8")
 
     def _write_header(self) -> None:
         header = {"version": FEATURES_VERSION, "features": self.features.to_dict(),
@@ -90,9 +103,9 @@ class CacheWriter:
         """Committed recordings and rows, ignoring a torn last line."""
         path = self.dir / "entries.csv"
         if not path.exists():
-            path.write_text(",".join(ENTRY_FIELDS) + "\n")
+            path.write_text(",".join(ENTRY_FIELDS) + "\n", encoding="utf-8")
             return set(), 0
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         if not text.endswith("\n"):  # killed mid-line: that recording is not committed
             text = text[: text.rfind("\n") + 1]
             _atomic_write_text(path, text)
@@ -135,13 +148,13 @@ def _exclusive_lock(path: Path):
 
 
 def read_entries(cache_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(cache_dir / "entries.csv", keep_default_na=False,
+    return pd.read_csv(cache_dir / "entries.csv", keep_default_na=False, encoding="utf-8",
                        dtype={"filename": str, "status": str, "first_row": np.int64, "n_windows": np.int64, "detail": str})
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -154,16 +167,136 @@ def _worker_init() -> None:
 
 
 def _featurise(job: tuple[str, str, FeatureConfig, int]) -> tuple[str, str, np.ndarray | None, str]:
+    """data.features.file_to_features, plus a note when the file decodes shorter than it should."""
     filename, path, features, max_windows = job
     try:
-        feats = file_to_features(path, features)
+        y = load_finite_audio(path, features.sample_rate_hz)
+        feats = audio_to_features(y, features)
     except AudioError as e:
         return filename, "skipped", None, str(e)
     except Exception as e:  # a decoder crash on one file must not stop the whole run
         return filename, "skipped", None, f"{type(e).__name__}: {e}"
+    try:
+        note = decode_note(Path(path), len(y) / features.sample_rate_hz)
+    except Exception:  # the note is a courtesy: never the reason to lose a recording
+        note = ""
     if max_windows:
         feats = feats[:max_windows]
-    return filename, "ok", feats.astype(STORE_DTYPE), ""
+    return filename, "ok", feats.astype(STORE_DTYPE), note
+
+
+def decode_note(path: Path, decoded_s: float) -> str:
+    """'' for a file that decoded whole; else what was kept of a truncated or damaged one."""
+    ogg = ogg_ending(path)
+    if ogg is not None:
+        cut_short, end_s = ogg
+        if cut_short:
+            return f"truncated Ogg stream (no end-of-stream page): kept the {decoded_s:.1f} s that decode"
+    else:
+        end_s = audio_seconds(path)
+    if end_s and end_s - decoded_s > max(0.5, 0.02 * end_s):
+        return f"damaged: decoded {decoded_s:.1f} s of the {end_s:.1f} s the file holds"
+    return ""
+
+
+def ogg_ending(path: Path) -> tuple[bool, float | None] | None:
+    """For an Ogg file: (cut short, seconds at its last page). Cut short: the last page is cut
+    off or lacks the end-of-stream flag, as an interrupted download or copy leaves it. The
+    seconds come from the last page's granule position and the Vorbis (or Opus) rate; None when
+    unknown. libsndfile decodes such files without complaint, up to the cut or around pages
+    that fail their checksum. None for a file that is not Ogg."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        if not head.startswith(b"OggS"):
+            return None
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65_536))  # an Ogg page is at most 65,307 bytes
+        tail = f.read()
+    rate = None
+    body = head[27 + head[26]:] if len(head) > 27 else b""
+    if body.startswith(b"\x01vorbis") and len(body) >= 16:
+        rate = int.from_bytes(body[12:16], "little")
+    elif body.startswith(b"OpusHead"):
+        rate = 48_000  # Opus granule positions count 48 kHz samples
+    i = tail.rfind(b"OggS\x00")
+    while i >= 0:  # the last page is the one that ends exactly at the end of the file
+        n_segments = tail[i + 26] if i + 27 <= len(tail) else None
+        if n_segments is not None and i + 27 + n_segments <= len(tail):
+            end = i + 27 + n_segments + sum(tail[i + 27 : i + 27 + n_segments])
+            if end == len(tail):
+                granule = int.from_bytes(tail[i + 6 : i + 14], "little", signed=True)
+                seconds = granule / rate if rate and granule > 0 else None
+                return (not tail[i + 5] & 0x04), seconds
+        i = tail.rfind(b"OggS\x00", 0, i)
+    return True, None  # the file ends inside a page
+
+
+# ------------------------------------------------------------------------------ disk space
+def estimate_cache_bytes(data_dir: Path, filenames: list[str], features: FeatureConfig,
+                         max_windows: int = 0) -> tuple[int, int]:
+    """(bytes, windows) the cache will add for these recordings, from their headers' durations
+    (no decoding): 5-s windows as data.features.n_windows counts them, capped at max_windows,
+    each a float16 [n_mels, n_frames] row. A file whose header cannot be read counts one window."""
+    audio_root = Path(data_dir) / "train_audio"
+
+    def windows_of(filename: str) -> int:
+        path = audio_root / filename
+        if not path.is_file():
+            return 0
+        try:
+            import soundfile as sf
+
+            info = sf.info(str(path))
+            if info.frames <= 0:
+                return 0
+            n = n_windows(math.ceil(info.frames * features.sample_rate_hz / info.samplerate), features)
+        except Exception:
+            n = 1
+        return min(n, max_windows) if max_windows else n
+
+    with ThreadPoolExecutor(8) as pool:  # header reads wait on the disk, not the CPU
+        windows = sum(pool.map(windows_of, filenames))
+    row_bytes = int(np.prod(features.shape)) * np.dtype(STORE_DTYPE).itemsize
+    return windows * row_bytes, windows
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds path, or will hold it once created."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def check_disk_space(cache_dir: Path, data_dir: Path, pending: list[str], cfg: "PreprocessConfig") -> None:
+    """Refuse, before writing anything, a run whose cache would not fit on its disk."""
+    if not pending:
+        return
+    needed, windows = estimate_cache_bytes(data_dir, pending, cfg.features, cfg.max_windows_per_recording)
+    available = free_bytes(cache_dir)
+    if needed > available:
+        raise DiskSpaceError(
+            f"not enough free disk space for the feature cache {cache_dir}: need {_human(needed)} ({needed} bytes) "
+            f"for {windows} windows of {len(pending)} recordings, have {_human(available)} ({available} bytes).\n"
+            "  Free some space, cache fewer windows per recording (--max-windows N), "
+            "or set BIRDKIT_ROOT to a disk with more room."
+        )
+
+
+def _committed(cache_dir: Path) -> set[str]:
+    """Recordings already in a cache folder's journal (read only; empty when unreadable)."""
+    try:
+        return set(read_entries(cache_dir).filename) if (cache_dir / "entries.csv").exists() else set()
+    except Exception:  # a torn last line: count everything as still to do
+        return set()
 
 
 # ------------------------------------------------------------------------------ the run
@@ -177,11 +310,13 @@ def preprocess(cfg: PreprocessConfig) -> Path:
     meta = read_metadata(data_dir)
     main_dir = cache_dir_for(data_dir, cfg.features, cfg.max_windows_per_recording)
     cache_dir = main_dir if cfg.shard is None else main_dir / "shards" / f"{cfg.shard[0]}-of-{cfg.shard[1]}"
+    todo = _shard_of(list(meta.filename), cfg.shard)
+    done = _committed(cache_dir)
+    check_disk_space(cache_dir, data_dir, [f for f in todo if f not in done], cfg)
     writer = CacheWriter(cache_dir, cfg.features)
     try:
         if cfg.shard is None:
             merge_shards(writer, main_dir)
-        todo = _shard_of(list(meta.filename), cfg.shard)
         pending = [f for f in todo if f not in writer.done]
         print(f"preprocess: {len(todo)} recordings, {len(todo) - len(pending)} already cached in {cache_dir}")
         seconds, windows_done = _process(writer, data_dir, pending, cfg)
@@ -201,8 +336,6 @@ def _shard_of(filenames: list[str], shard: tuple[int, int] | None) -> list[str]:
 
 def merge_shards(writer: CacheWriter, main_dir: Path) -> None:
     """Append the recordings of finished shard folders the main cache lacks, then drop them."""
-    import shutil
-
     for shard_dir in sorted((main_dir / "shards").glob("*-of-*")):
         if not (shard_dir / "complete.json").exists():
             print(f"preprocess: {shard_dir.name} is not finished; rerun `--shard {shard_dir.name.replace('-of-', '/')}`")
@@ -273,12 +406,14 @@ def _finish(cache_dir: Path, data_dir: Path, meta: pd.DataFrame, seconds: float,
     _atomic_write_text(cache_dir / "complete.json", json.dumps(summary, indent=2))
     rate = f", {windows_done / seconds:.1f} windows/s" if seconds > 0 and windows_done else ""
     print(f"preprocess: {summary['ok']} recordings -> {summary['windows']} windows cached{rate}")
-    if len(bad):
-        print(f"preprocess: {len(bad)} recording(s) skipped:")
-        for r in bad.head(20).itertuples():
-            print(f"  {r.status:8s} {r.filename}: {r.detail}")
-        if len(bad) > 20:
-            print(f"  ... and {len(bad) - 20} more in {cache_dir / 'entries.csv'}")
+    noted = ok[ok.detail != ""]
+    for rows, what in ((bad, "skipped"), (noted, "cached in part")):
+        if len(rows):
+            print(f"preprocess: {len(rows)} recording(s) {what}:")
+            for r in rows.head(20).itertuples():
+                print(f"  {r.status:8s} {r.filename}: {r.detail}")
+            if len(rows) > 20:
+                print(f"  ... and {len(rows) - 20} more in {cache_dir / 'entries.csv'}")
 
 
 def cache_is_current(cache_dir: Path, data_dir: Path) -> bool:
@@ -367,7 +502,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     print("config:", json.dumps({**cfg.__dict__, "data_dir": str(cfg.data_dir), "features": cfg.features.to_dict()}))
-    preprocess(cfg)
+    try:
+        preprocess(cfg)
+    except DiskSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

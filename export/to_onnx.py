@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from data.features import FEATURES_VERSION
+from data.layout import class_change, class_list, read_metadata
 from data.preprocess import FeatureCache, cache_dir_for
 from train.config import TrainConfig
 from train.models import build_model
@@ -74,11 +75,25 @@ def load_run(run_dir: Path) -> LoadedRun:
     if ckpt["config"] != cfg.to_dict():
         raise ExportError(f"{run_dir}: config.json differs from the config stored in best.pt; "
                           "the run folder was edited or mixed up. Retrain or restore config.json.")
+    check_classes_still_match(run_dir, Path(cfg.data_dir), classes)
     model = build_model(cfg.model, len(classes), pretrained=False, input_hw=cfg.input_hw)
     model.load_state_dict(ckpt["model_state"])
     activation = "sigmoid" if cfg.loss == "bce" else "softmax"
     net = WithActivation(model, activation).eval()
     return LoadedRun(run_dir, cfg, classes, ckpt, net)
+
+
+def check_classes_still_match(run_dir: Path, data_dir: Path, classes: list[str]) -> None:
+    """Refuse a run whose classes are no longer the data's: its outputs would be mislabelled."""
+    if not (data_dir / "train_metadata.csv").is_file():  # the data is elsewhere now: nothing to compare
+        return
+    now = class_list(read_metadata(data_dir))
+    if now != classes:
+        raise ExportError(
+            f"{run_dir.name} was trained on {len(classes)} classes, but {data_dir} now has {len(now)} "
+            f"({class_change(classes, now)}): the data changed after training. Retrain on it (`make train`), "
+            "or restore the data the run was trained on."
+        )
 
 
 def check_windows(run: LoadedRun, n: int = 16) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Training: reproducible on CPU, resumable after a kill, refusing what it cannot do."""
+import json
 import os
 import signal
 import subprocess
@@ -35,8 +36,11 @@ def uninterrupted(tiny_dataset, tmp_path_factory) -> pd.DataFrame:
 def test_the_same_seed_and_data_give_the_same_validation_metrics_on_cpu(tiny_dataset, uninterrupted, tmp_path):
     env = {**os.environ, "BIRDKIT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     subprocess.run(train_cmd(tiny_dataset), cwd=REPO, env=env, check=True, capture_output=True)
-    again = pd.read_csv(run_folder(tmp_path, tiny_dataset.name) / "metrics.csv")[METRICS]
+    run = run_folder(tmp_path, tiny_dataset.name)
+    again = pd.read_csv(run / "metrics.csv")[METRICS]
     pd.testing.assert_frame_equal(again, uninterrupted)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["deterministic"] is True  # recorded with every run
 
 
 def test_a_killed_training_resumes_to_the_same_metrics_as_an_uninterrupted_one(tiny_dataset, uninterrupted, tmp_path):

@@ -7,18 +7,19 @@ import time
 from pathlib import Path
 
 from data.features import DENOISE_MODES, FeatureConfig
+from data.layout import LayoutError
 from data.paths import Workspace
 from data.preprocess import PreprocessConfig, ensure_cache
 from train.config import SCHEDULES, TrainConfig, config_for
 from train.loop import fit
-from train.models import MODEL_NAMES
+from train.models import DEFAULT_MODELS, MODEL_NAMES
 from train.report import format_table
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     p.add_argument("--data", required=True, help="dataset folder in the Kaggle layout")
-    p.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES, metavar="MODEL",
-                   help=f"any of {', '.join(MODEL_NAMES)} (default: all)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODEL_NAMES, metavar="MODEL",
+                   help=f"any of {', '.join(MODEL_NAMES)} (default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--schedule", default="full", choices=sorted(SCHEDULES), help="demo: short CPU schedule")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -50,6 +51,14 @@ def unfinished_run(runs_dir: Path, model: str) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return train_models(args)
+    except (LayoutError, RuntimeError, ValueError) as e:  # refusals say what to do; no stack trace
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def train_models(args: argparse.Namespace) -> int:
     data_dir = Path(args.data)
     features = FeatureConfig(denoise=args.denoise)
     ws = Workspace.of(data_dir)

@@ -14,6 +14,7 @@ MODEL_DEFAULTS = {
     "simple_cnn": dict(batch_size=32, optimizer="adam", lr=3e-4, epochs=40),
     "resnet18": dict(batch_size=64, optimizer="adam", lr=1e-4, epochs=20),
     "inception_v3": dict(batch_size=32, optimizer="adam", lr=1e-3, epochs=20),
+    "efficientnet_b0": dict(batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=1e-2, epochs=20),
 }
 
 # The demo's short CPU schedule: minutes on two cores, no downloads.
@@ -21,6 +22,7 @@ DEMO_SCHEDULE = {
     "simple_cnn": dict(epochs=40, pretrained=False),
     "resnet18": dict(epochs=5, pretrained=False, lr=1e-3),
     "inception_v3": dict(epochs=2, pretrained=False),
+    "efficientnet_b0": dict(epochs=5, pretrained=False),
 }
 SCHEDULES = {"full": {}, "demo": DEMO_SCHEDULE}
 

@@ -55,8 +55,22 @@ def make_splits(cache: FeatureCache, meta: pd.DataFrame, classes: list[str], cfg
             f"need recordings on both sides of the validation split, got {len(train_meta)} train and "
             f"{len(val_meta)} validation (classes need >= 2 recordings to be validated)"
         )
+    warn_unknown_secondary_labels(meta, classes)
     args = (cache, classes, cfg.max_windows_per_recording)
     return Splits(_windows(train_meta, *args), _windows(val_meta, *args), sorted(held), skipped)
+
+
+def warn_unknown_secondary_labels(meta: pd.DataFrame, classes: list[str], show: int = 10) -> None:
+    """One line naming the secondary labels that are not classes (they are ignored), if any."""
+    known, counts = set(classes), {}
+    for labels in meta.secondary_labels:
+        for s in sorted(set(labels) - known):
+            counts[s] = counts.get(s, 0) + 1
+    if not counts:
+        return
+    names = [f"{s} ({n} recording{'s' if n > 1 else ''})" for s, n in sorted(counts.items())]
+    more = f" (+{len(names) - show} more)" if len(names) > show else ""
+    print(f"warning: secondary labels outside the {len(classes)} classes are ignored: {', '.join(names[:show])}{more}")
 
 
 def _windows(meta: pd.DataFrame, cache: FeatureCache, classes: list[str], max_windows: int) -> WindowSet:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from data.layout import class_list, read_metadata
+from data.layout import class_change, class_list, read_metadata
 from data.preprocess import FeatureCache
 from train.augment import mixup, power_mix, spec_mask
 from train.config import TrainConfig
@@ -39,6 +39,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def determinism(device: torch.device) -> dict:
+    """Whether the same seed reruns to the same metrics on this device. CPU: yes (tested). CUDA:
+    only with deterministic algorithms, which the kit leaves off for speed (cuDNN autotuning)."""
+    if device.type == "cpu":
+        return {"device": "cpu", "deterministic": True}
+    deterministic = torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    return {"device": torch.cuda.get_device_name(device), "deterministic": deterministic}
 
 
 def select_device(pref: str) -> torch.device:
@@ -177,6 +186,9 @@ def prepare(cfg: TrainConfig, cache_dir: Path, run_dir: Path, device: torch.devi
     print(f"data: {len(classes)} classes, {len(splits.train)} train windows "
           f"({len(splits.train.recordings)} recordings), {len(splits.val)} val windows "
           f"({len(splits.val.recordings)} recordings), {len(splits.holdout)} recordings held out")
+    if splits.skipped:
+        print(f"data: {len(splits.skipped)} recording(s) of the metadata have no features (unreadable or missing; "
+              f"reasons in {cache_dir / 'entries.csv'})")
     pin = device.type == "cuda"
     g = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(CachedWindows(cache, splits.train), batch_size=cfg.batch_size, shuffle=True,
@@ -207,11 +219,11 @@ class TrainState:
             "history": self.history, "best": self.best, "classes": classes,
         }, path)
 
-    def load(self, path: Path, classes: list[str]) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["classes"] != classes:
-            raise RuntimeError(f"cannot resume {path.parent.name}: it trained on {len(state['classes'])} classes, "
-                               f"the data now has {len(classes)}; start a new run")
+    def load(self, path: Path, classes: list[str], state: dict | None = None) -> None:
+        """Restore from last.pt (or from `state`, its contents already loaded)."""
+        if state is None:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        check_resume_classes(path, state["classes"], classes)
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -223,11 +235,21 @@ class TrainState:
         self.history, self.best = state["history"], state["best"]
 
 
+def check_resume_classes(path: Path, saved: list[str], classes: list[str]) -> None:
+    if saved != classes:
+        raise RuntimeError(f"cannot resume {path.parent.name}: it trained on {len(saved)} classes, the data now has "
+                           f"{len(classes)} ({class_change(saved, classes)}); start a new run")
+
+
 def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False) -> dict:
     """Train one model; returns the summary also written to run_dir/summary.json. With resume,
     continue from run_dir/last.pt (model, optimizer, scaler, random states, epoch)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"\n=== {cfg.model} -> {run_dir}" + (" (resuming)" if resume else ""))
+    saved = None
+    if resume and (run_dir / "last.pt").exists():  # refuse a changed class list before touching the run folder
+        saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+        check_resume_classes(run_dir / "last.pt", saved["classes"], class_list(read_metadata(Path(cfg.data_dir))))
     print("config:", json.dumps(cfg.to_dict()))
     cfg.save(run_dir / "config.json")
     seed_everything(cfg.seed)
@@ -239,8 +261,8 @@ def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False) 
                        torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
                                             and not torch.cuda.is_bf16_supported()),
                        torch.Generator().manual_seed(cfg.seed + 1), data.loader_gen, [])
-    if resume and (run_dir / "last.pt").exists():
-        state.load(run_dir / "last.pt", data.classes)
+    if saved is not None:
+        state.load(run_dir / "last.pt", data.classes, saved)
         print(f"resumed after epoch {len(state.history)}")
     for epoch in range(len(state.history) + 1, cfg.epochs + 1):
         run_epoch(cfg, state, data, device, epoch, run_dir)
@@ -307,7 +329,7 @@ def _finish(cfg: TrainConfig, classes: list[str], history: list[dict], best: dic
         "epochs": len(history), "val_accuracy": best["val_accuracy"], "val_roc_auc": best["val_roc_auc"],
         "val_loss": best["val_loss"], "train_samples_per_s": float(np.median([h["train_samples_per_s"] for h in history])),
         "parameters": sum(p.numel() for p in model.parameters()), "classes": len(classes),
-        "top_confusions": [list(x) for x in mistakes],
+        "top_confusions": [list(x) for x in mistakes], **determinism(next(model.parameters()).device),
     }
     _atomic_json(run_dir / "summary.json", summary)
     (run_dir / "last.pt").unlink(missing_ok=True)  # the resume point of a finished run is dead weight

@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 # Square input sizes of the seed experiments; any (height, width) >= the minimum also works.
-DEFAULT_INPUT_HW = {"simple_cnn": (128, 128), "resnet18": (224, 224), "inception_v3": (299, 299)}
+DEFAULT_INPUT_HW = {"simple_cnn": (128, 128), "resnet18": (224, 224), "inception_v3": (299, 299),
+                    "efficientnet_b0": (224, 224)}
 # Inception's auxiliary head (used in training) needs the full 299 px.
-MIN_INPUT_HW = {"simple_cnn": (8, 8), "resnet18": (32, 32), "inception_v3": (299, 299)}
+MIN_INPUT_HW = {"simple_cnn": (8, 8), "resnet18": (32, 32), "inception_v3": (299, 299), "efficientnet_b0": (32, 32)}
 MODEL_NAMES = tuple(DEFAULT_INPUT_HW)
-PRETRAINED_AVAILABLE = ("resnet18", "inception_v3")  # torchvision ImageNet weights
+DEFAULT_MODELS = ("simple_cnn", "resnet18", "inception_v3")  # what `make train` trains
+PRETRAINED_AVAILABLE = ("resnet18", "inception_v3", "efficientnet_b0")  # torchvision ImageNet weights
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -104,6 +106,11 @@ def _torchvision_backbone(name: str, num_classes: int, pretrained: bool) -> nn.M
         weights = tvm.ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
         net = _with_weights(tvm.resnet18, weights)
         net.fc = nn.Linear(net.fc.in_features, num_classes)
+        return net
+    if name == "efficientnet_b0":
+        weights = tvm.EfficientNet_B0_Weights.IMAGENET1K_V1 if pretrained else None
+        net = _with_weights(tvm.efficientnet_b0, weights)
+        net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, num_classes)
         return net
     weights = tvm.Inception_V3_Weights.IMAGENET1K_V1 if pretrained else None
     # aux_logits: the auxiliary head is trained (weight 0.4) and dropped in eval/export.
