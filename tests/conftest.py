@@ -13,7 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-REALBIRDS = REPO.parent / "shared" / "realbirds"
+# ../shared/realbirds beside the checkout; BIRDKIT_REALBIRDS points elsewhere (e.g. from a clone in /tmp).
+REALBIRDS = Path(os.environ.get("BIRDKIT_REALBIRDS", REPO.parent / "shared" / "realbirds"))
 
 
 @pytest.fixture(scope="session", autouse=True)
