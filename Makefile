@@ -95,7 +95,8 @@ bench-train: venv $(NEEDS_DATA)  ## training samples/s from the cache vs the com
 
 demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
 	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)
-	$(MAKE) --no-print-directory DATA=$(SAMPLE) TRAIN_ARGS="--schedule demo $(TRAIN_ARGS)" train export score
+	$(MAKE) --no-print-directory DATA=$(SAMPLE) TRAIN_ARGS="--schedule demo $(TRAIN_ARGS)" \
+	    PACKAGE_ARGS="--no-wheels $(PACKAGE_ARGS)" train export score
 	$(PY) -m train.report --data $(SAMPLE)
 
 test: venv  ## the test suite (installs .venv first)
