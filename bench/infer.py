@@ -156,22 +156,6 @@ def _time_session(session, feats: np.ndarray, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
-def quantize_int8(onnx_path: Path, feats: np.ndarray, out: Path) -> Path:
-    """Static int8 (QDQ) quantisation calibrated on real feature windows."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Windows(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"features": feats[i : i + 8]} for i in range(0, len(feats), 8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(onnx_path), str(out), Windows(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    return out
-
-
 def levers(name: str, onnx_path: Path, scapes: list[Path]) -> list[dict]:
     """Each lever's effect on one soundscape's model time (or on the pipeline), measured here."""
     from submission.infer import KitModel, soundscape_features
@@ -185,6 +169,8 @@ def levers(name: str, onnx_path: Path, scapes: list[Path]) -> list[dict]:
         _session(onnx_path, cores, "ORT_ENABLE_BASIC"), feats), "baseline": base})
     rows.append({"lever": f"model threads: 1 instead of {cores}", "seconds": _time_session(
         _session(onnx_path, 1, "ORT_ENABLE_ALL"), feats), "baseline": base})
+    from submission.quantize import quantize_int8
+
     with tempfile.TemporaryDirectory() as tmp:
         q = quantize_int8(onnx_path, feats, Path(tmp) / "int8.onnx")
         q_session = _session(q, cores, "ORT_ENABLE_ALL")

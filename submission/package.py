@@ -57,6 +57,8 @@ class PackageConfig:
     out_dir: Path
     competition: str = "birdclef-2024"
     sample_columns: list[str] | None = None  # sample_submission's classes, to check the model's against
+    data_dir: Path | None = None  # the training data: int8 calibration windows and labelled soundscapes
+    int8: bool = False  # ship int8 models where `make score`'s metric drops by <= 0.005
     allow_class_mismatch: bool = False
     post: PostProcess = DEFAULT_POSTPROCESS
     combine: str = "mean"  # how ensemble members' probabilities combine: mean | min
@@ -187,9 +189,31 @@ def choose_members(cfg: PackageConfig) -> list[tuple[Path, dict]]:
             print(f"package: {path.name} left out of the ensemble: other classes or features than {cfg.onnx_paths[0].name}")
             continue
         members.append((path, meta))
+    if cfg.int8:
+        members = [(int8_or_float(path, cfg), meta) for path, meta in members]
     if len(members) > 1:
         members = fit_budget(members, cfg.budget_min)
     return members
+
+
+def int8_or_float(path: Path, cfg: PackageConfig) -> Path:
+    """The int8 version of a model when it scores within 0.005 of it on the labelled soundscapes."""
+    from data.paths import Workspace
+    from submission.quantize import MAX_SCORE_DROP, try_int8
+    from submission.score import ScoreError, labelled_set
+
+    if cfg.data_dir is None:
+        raise PackageError("--int8 needs --data: its cache calibrates the model and its labelled soundscapes score it")
+    ws = Workspace.of(cfg.data_dir)
+    try:
+        labelled = labelled_set(ws)
+    except ScoreError as e:
+        raise PackageError(f"--int8 is judged by the local score: {e}") from None
+    verdict = try_int8(path, ws.data_dir, labelled.soundscapes, labelled.solution, ws.export_dir)
+    choice = "int8 shipped" if verdict.ship != path else f"kept float (drop > {MAX_SCORE_DROP})"
+    print(f"package: {path.name} int8: local score {verdict.int8_score:.4f} vs float {verdict.float_score:.4f} "
+          f"(drop {verdict.drop:+.4f}) -> {choice}")
+    return verdict.ship
 
 
 def fit_budget(members: list[tuple[Path, dict]], budget_min: float) -> list[tuple[Path, dict]]:
@@ -261,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="projected Kaggle minutes the ensemble may take (measured here; 4 cores, 1,100 soundscapes)")
     p.add_argument("--deadline-min", type=float, default=DEFAULT_DEADLINE_MIN,
                    help="the notebook's own deadline: past its projection it switches to cheaper paths")
+    p.add_argument("--int8", action="store_true",
+                   help="quantise each model to int8 and ship it where the local score drops by <= 0.005")
     p.add_argument("--allow-class-mismatch", action="store_true",
                    help="package a model whose classes differ from sample_submission's columns")
     p.add_argument("--out", type=Path, help="output folder (default: submission/dist)")
@@ -291,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PackageConfig(
         onnx_paths=args.onnx or exported[: args.ensemble], out_dir=args.out or dist_dir(),
         competition=args.competition, sample_columns=columns, allow_class_mismatch=args.allow_class_mismatch,
+        data_dir=ws.data_dir, int8=args.int8,
         post=PostProcess(tuple(args.smooth_kernel), args.mean_blend), combine=args.combine,
         budget_min=args.budget_min, deadline_min=args.deadline_min, bundle_wheels=not args.no_wheels,
         python_versions=args.python_versions, wheel_cache=args.wheel_cache)

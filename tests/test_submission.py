@@ -132,3 +132,21 @@ def test_a_model_from_other_feature_code_is_refused_at_packaging_not_on_kaggle(t
     onnx.save(model, str(old))
     with pytest.raises(PackageError, match="trained with features v0 but the code to package computes features v1"):
         package(PackageConfig([old], tmp_path / "dist", bundle_wheels=False))
+
+
+@pytest.mark.parametrize("max_drop, shipped", [(1.0, "int8"), (-1.0, "float")])
+def test_int8_is_shipped_only_when_the_local_score_allows_it(chain, tiny_dataset, tmp_path, monkeypatch, capsys,
+                                                            max_drop, shipped):
+    import onnx
+
+    import submission.quantize as quantize
+    from submission.package import PackageConfig, package
+
+    monkeypatch.setattr(quantize, "MAX_SCORE_DROP", max_drop)
+    package(PackageConfig([chain.export_dir / "model.onnx"], tmp_path / "dist", data_dir=tiny_dataset, int8=True,
+                          bundle_wheels=False))
+    out = capsys.readouterr().out
+    assert "int8: local score" in out and "vs float" in out
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "dist" / "dataset" / "model.onnx")).metadata_props}
+    assert ("quantization" in props) == (shipped == "int8")
+    assert len(json.loads(props["classes"])) == json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())["classes"]
