@@ -20,6 +20,10 @@ MODELS      ?= simple_cnn resnet18 inception_v3
 DENOISE     ?= none
 SEED        ?= 0
 RESUME      ?= 0
+# GPUs for `make train`: more than 1 starts torchrun (DistributedDataParallel, one process per GPU)
+GPUS        ?= 1
+FOLDS       ?= 5
+TRAIN_CMD   := $(if $(filter-out 0 1,$(GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m train,$(PY) -m train)
 # Extra flags per stage, e.g. TRAIN_ARGS="--epochs 30"
 DATA_ARGS        ?=
 PREPROCESS_ARGS  ?=
@@ -38,7 +42,7 @@ BENCH_ARGS  ?=
 STAMP := $(VENV)/.installed-$(ORT)
 
 .PHONY: help venv data sample preprocess train export package score holdout demo test report \
-        bench-preprocess bench-infer bench-train upload clean
+        bench-preprocess bench-infer bench-train floor cv upload clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -63,8 +67,12 @@ preprocess: venv $(NEEDS_DATA)  ## audio -> cached 5-s mel windows for DATA (res
 	$(PY) -m data.preprocess --data $(DATA) $(FEATURE_FLAGS) $(PREPROCESS_ARGS)
 
 train: venv $(NEEDS_DATA)  ## train MODELS on DATA (preprocesses first when the cache is missing or stale)
-	$(PY) -m train --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) \
+	$(TRAIN_CMD) --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) \
 	    $(if $(filter 1 yes true,$(RESUME)),--resume,) $(TRAIN_ARGS)
+
+cv: venv $(NEEDS_DATA)  ## FOLDS-fold cross-validation of MODELS grouped by recording (the folds of `make floor`)
+	$(TRAIN_CMD) --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) --cv $(FOLDS) \
+	    --holdout-fraction 0 $(TRAIN_ARGS)
 
 report: venv  ## compare every run on DATA
 	$(PY) -m train.report --data $(DATA)
@@ -92,6 +100,9 @@ bench-infer: venv  ## the notebook's inference on synthetic soundscapes: time, m
 
 bench-train: venv $(NEEDS_DATA)  ## training samples/s from the cache vs the compute-only ceiling, per model
 	$(PY) -m bench.train --data $(DATA) --models $(MODELS) $(BENCH_ARGS)
+
+floor: venv $(NEEDS_DATA)  ## the non-deep floor: log-mel band stats + logistic regression, grouped 5-fold CV
+	$(PY) -m bench.floor --data $(DATA) --folds $(FOLDS) --seed $(SEED) $(BENCH_ARGS)
 
 demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
 	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)

@@ -21,9 +21,9 @@ from data.paths import output_root
 from data.preprocess import PreprocessConfig, ensure_cache
 from train.config import config_for
 from train.loop import (
-    augment, batch_targets, make_optimizer, prepare, select_device, train_epoch, train_step,
+    augment, batch_targets, make_optimizer, prepare, select_device, setup_model, train_epoch, train_step,
 )
-from train.models import DEFAULT_MODELS, MODEL_NAMES, build_model
+from train.models import DEFAULT_MODELS, MODEL_NAMES
 
 
 def _sync(device: torch.device) -> None:
@@ -65,7 +65,7 @@ def bench(model_name: str, data_dir: Path, device: torch.device, steps: int, war
     cache_dir = ensure_cache(PreprocessConfig(data_dir=data_dir, features=cfg.features, progress=False))
     data = prepare(cfg, cache_dir, run_dir, device)
     steps = min(steps, max(1, len(data.train_loader) - 1))  # one epoch of the real loader at most
-    model = build_model(model_name, len(data.classes), input_hw=cfg.input_hw).to(device)
+    model = setup_model(cfg, len(data.classes), device, pretrained=False)  # channels_last, cuDNN autotuning
     real_sps = real(model, cfg, data, device, steps, min(warmup, 1))
     ceiling_sps = ceiling(model, cfg, len(data.classes), device, steps, warmup)
     return {"model": model_name, "device": str(device), "batch": cfg.batch_size, "amp": cfg.amp and device.type == "cuda",

@@ -36,3 +36,21 @@ def holdout_recordings(meta: pd.DataFrame, fraction: float, seed: int) -> list[s
 def validation_recordings(meta: pd.DataFrame, fraction: float, seed: int) -> list[str]:
     """Recordings of the training side used for per-epoch validation."""
     return grouped_split(meta, fraction, seed + 1, min_recordings=2)
+
+
+def recording_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
+    """filename -> fold in [0, folds): every recording of a class is dealt round-robin over the
+    folds after a seeded shuffle, so each fold holds about 1/folds of every class (grouped by
+    recording, stratified by primary label). Shared by the kit's cross-validation (`--fold`) and
+    the non-deep floor (bench/floor.py), so both are scored on the same folds."""
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    rng = np.random.default_rng(seed + 2)
+    out: dict[str, int] = {}
+    offset = 0  # rotate where each class starts so small classes do not all land in fold 0
+    for _, files in sorted(meta.groupby("primary_label")["filename"]):
+        files = sorted(files)
+        for k, i in enumerate(rng.permutation(len(files))):
+            out[files[i]] = (offset + k) % folds
+        offset += len(files)
+    return out

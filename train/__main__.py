@@ -1,4 +1,8 @@
-"""`make train`: train MODELS on DATA, preprocessing first when the cache is missing or stale."""
+"""`make train`: train MODELS on DATA, preprocessing first when the cache is missing or stale.
+
+Under `torchrun --nproc_per_node=N -m train ...` (`make train GPUS=N`) the same command trains
+with DistributedDataParallel. `--cv K` trains K recording-grouped folds per model instead of one
+run and prints the mean validation metrics (runs under train/runs/<data>/cv/, which export skips)."""
 from __future__ import annotations
 
 import argparse
@@ -6,36 +10,61 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from data.features import DENOISE_MODES, FeatureConfig
 from data.layout import LayoutError
 from data.paths import Workspace
 from data.preprocess import PreprocessConfig, ensure_cache
+from train import dist
 from train.config import SCHEDULES, TrainConfig, config_for
 from train.loop import fit
 from train.models import DEFAULT_MODELS, MODEL_NAMES
 from train.report import format_table
 
+# Command-line settings that override the model's defaults when given.
+OVERRIDES = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "pretrained",
+             "max_windows_per_recording", "holdout_fraction", "val_fraction", "num_workers", "mixup_prob",
+             "spec_mask", "random_crop", "balance_power", "lr_schedule", "warmup_epochs", "ema_decay",
+             "channels_last", "amp")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder in the Kaggle layout")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODEL_NAMES, metavar="MODEL",
                    help=f"any of {', '.join(MODEL_NAMES)} (default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--schedule", default="full", choices=sorted(SCHEDULES), help="demo: short CPU schedule")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="per process under torchrun")
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--loss", choices=["ce", "bce"])
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet weights for torchvision models (default: on, off in the demo schedule)")
+    levers = p.add_argument_group("training levers (defaults per model in train/config.py)")
+    levers.add_argument("--mixup-prob", type=float, help="share of batches mixed up (0: off)")
+    levers.add_argument("--spec-mask", action=argparse.BooleanOptionalAction, default=None,
+                        help="time/frequency masking")
+    levers.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=None,
+                        help="train on windows from anywhere in each recording, new ones every epoch")
+    levers.add_argument("--balance-power", type=float, help="class-balanced sampling (0: off, 1: classes equal)")
+    levers.add_argument("--lr-schedule", choices=["constant", "cosine"])
+    levers.add_argument("--warmup-epochs", type=float)
+    levers.add_argument("--ema-decay", type=float, help="EMA of the weights (0: off; e.g. 0.999)")
+    levers.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="CUDA only")
+    levers.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed precision on CUDA")
     p.add_argument("--windows-per-recording", type=int, dest="max_windows_per_recording",
-                   help="train and validate on the first N windows of each recording (0: all)")
+                   help="train and validate on N windows of each recording (0: all)")
     p.add_argument("--holdout-fraction", type=float, help="share of recordings kept for make holdout")
     p.add_argument("--val-fraction", type=float)
+    p.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="K-fold cross-validation grouped by recording (same folds as `make floor`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--num-workers", type=int, help="DataLoader workers")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers (default: 0 on CPU, 4 on CUDA)")
     p.add_argument("--denoise", nargs="?", const="noisereduce", default="none", choices=DENOISE_MODES,
                    help="noise reduction in the features (own cache): none | spectral | noisereduce")
     p.add_argument("--resume", action="store_true",
@@ -43,44 +72,91 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preprocess-workers", type=int, default=0, help="processes for preprocessing (0: all cores)")
     return p.parse_args(argv)
 
+
 def unfinished_run(runs_dir: Path, model: str) -> Path | None:
     """The latest run of `model` that was stopped before its summary was written."""
     candidates = [d for d in sorted(runs_dir.glob(f"{model}-*")) if (d / "last.pt").exists()
                   and not (d / "summary.json").exists()]
     return candidates[-1] if candidates else None
 
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    d = dist.init(args.device)
     try:
-        return train_models(args)
+        return train_models(args, d)
     except (LayoutError, RuntimeError, ValueError) as e:  # refusals say what to do; no stack trace
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        dist.finish(d)
 
 
-def train_models(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data)
+def model_config(args: argparse.Namespace, model: str, features: FeatureConfig, **extra) -> TrainConfig:
+    overrides = {k: getattr(args, k) for k in OVERRIDES}
+    return config_for(model, str(Path(args.data).resolve()), args.schedule, features=features, seed=args.seed,
+                      device=args.device, **overrides, **extra)
+
+
+def cache_for(args: argparse.Namespace, cfg: TrainConfig, d: dist.Dist) -> Path:
+    """The feature cache, built by rank 0 alone while the other processes wait."""
+    make = lambda: ensure_cache(PreprocessConfig(data_dir=Path(args.data), features=cfg.features,  # noqa: E731
+                                                 workers=args.preprocess_workers))
+    cache_dir = make() if d.main else None
+    dist.barrier(d)
+    return cache_dir or make()
+
+
+def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
+    if args.cv:
+        return cross_validate(args, d)
     features = FeatureConfig(denoise=args.denoise)
-    ws = Workspace.of(data_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ws = Workspace.of(Path(args.data))
+    stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))  # one run folder for every process
     summaries = []
     for model in args.models:
-        overrides = {k: getattr(args, k) for k in (
-            "epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "pretrained",
-            "max_windows_per_recording", "holdout_fraction", "val_fraction", "num_workers")}
-        cfg = config_for(model, str(data_dir.resolve()), args.schedule, features=features, seed=args.seed,
-                         device=args.device, **overrides)
+        cfg = model_config(args, model, features)
         run_dir = ws.runs_dir / f"{model}-{stamp}"
         resume = args.resume and unfinished_run(ws.runs_dir, model)
         if resume:
             run_dir, cfg = resume, TrainConfig.load(resume / "config.json")
             print(f"train: resuming {run_dir.name} with its own config.json (command-line settings ignored)")
-        cache_dir = ensure_cache(PreprocessConfig(data_dir=data_dir, features=cfg.features,
-                                                  workers=args.preprocess_workers))
-        summaries.append({**fit(cfg, cache_dir, run_dir, resume=bool(resume)), "dir": str(run_dir)})
+        summaries.append({**fit(cfg, cache_for(args, cfg, d), run_dir, resume=bool(resume), d=d),
+                          "dir": str(run_dir)})
     print("\nThis session's runs:")
     print(format_table(summaries))
     return 0
+
+
+def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
+    """K folds per model; validation metrics of the best epoch and of the last epoch (the last
+    is the unbiased figure: the best epoch is chosen on the fold it is scored on)."""
+    if args.cv < 2:
+        raise ValueError(f"--cv needs at least 2 folds, got {args.cv}")
+    features = FeatureConfig(denoise=args.denoise)
+    cv_dir = Workspace.of(Path(args.data)).runs_dir / "cv"
+    stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))
+    lines = []
+    for model in args.models:
+        folds = []
+        for k in range(args.cv):
+            cfg = model_config(args, model, features, folds=args.cv, fold=k)
+            summary = fit(cfg, cache_for(args, cfg, d), cv_dir / f"{model}-{stamp}-fold{k}", d=d)
+            folds.append(summary)
+        lines.append(cv_line(model, folds))
+    print(f"\n{args.cv}-fold cross-validation grouped by recording (mean ± std over folds):")
+    print(f"{'model':16s} {'best-epoch acc':>15s} {'best-epoch AUC':>15s} {'last-epoch acc':>15s} {'last-epoch AUC':>15s}")
+    print("\n".join(lines))
+    return 0
+
+
+def cv_line(model: str, folds: list[dict]) -> str:
+    def cell(key: str) -> str:
+        v = np.array([f[key] for f in folds], float)
+        return f"{v.mean():.3f} ± {v.std():.3f}"
+    return (f"{model:16s} {cell('val_accuracy'):>15s} {cell('val_roc_auc'):>15s} {cell('last_val_accuracy'):>15s} "
+            f"{cell('last_val_roc_auc'):>15s}")
+
 
 if __name__ == "__main__":
     sys.exit(main())

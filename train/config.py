@@ -44,15 +44,23 @@ class TrainConfig:
     power_mix_prob: float = 0.5  # share of batches where windows are added to others in power
     power_mix_snr_db: tuple[float, float] = (0.0, 15.0)  # level of the added window below the first
     spec_mask: bool = False  # one random time band and one mel band zeroed per window
+    random_crop: bool = False  # each epoch, training windows drawn from anywhere in the recording
+    balance_power: float = 0.0  # class-balanced sampling: weight (class windows)^-power; 0 off, 1 equal
+    lr_schedule: str = "constant"  # constant | cosine (per step, to 1% of lr at the end)
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up
+    ema_decay: float = 0.0  # EMA of the weights, validated and saved instead of them; 0 off
     pretrained: bool = True
     input_hw: tuple[int, int] | None = None  # None: the architecture's default
     max_windows_per_recording: int = 6  # first windows of each recording, for training and validation
     val_fraction: float = 0.2
+    folds: int = 0  # cross-validation: validate on fold `fold` of `folds` recording-grouped folds; 0 off
+    fold: int = 0
     holdout_fraction: float = 0.15  # recordings kept for `make holdout`; never trained on
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision on CUDA
-    num_workers: int = 0
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)
+    channels_last: bool = True  # CUDA: NHWC memory layout for the convolutions (tensor cores)
+    num_workers: int = -1  # DataLoader workers; -1: 0 on CPU, up to 4 on CUDA
     schedule: str = "full"
 
     def __post_init__(self):
@@ -65,6 +73,14 @@ class TrainConfig:
             raise ValueError(f"loss must be 'ce' or 'bce', got {self.loss!r}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off; 0.999 is typical), got {self.ema_decay}")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold must be in [0, {self.folds}), got {self.fold}")
+        if self.balance_power < 0:
+            raise ValueError(f"balance_power must be >= 0 (0: off, 0.5: half way, 1: classes equal), got {self.balance_power}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from data.preprocess import FeatureCache
-from data.split import holdout_recordings, validation_recordings
+from data.split import holdout_recordings, recording_folds, validation_recordings
 
 # Windows of the training set held in RAM rather than read from the memmap, up to this size.
 _PRELOAD_BYTES = 2 * 1024**3
@@ -23,6 +23,9 @@ class WindowSet:
     label_idx: np.ndarray  # [n] int64 primary label
     targets: np.ndarray  # [n, classes] float32, primary and secondary labels = 1
     filenames: np.ndarray  # [n] str, the recording of each window
+    span_first: np.ndarray  # [n] int64 first cache row of the window's recording
+    span_len: np.ndarray  # [n] int64 windows the recording has in the cache (all of them)
+    slot: np.ndarray  # [n] int64 position of the window among its recording's chosen windows
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -44,7 +47,10 @@ def make_splits(cache: FeatureCache, meta: pd.DataFrame, classes: list[str], cfg
     """Hold-out recordings out, then a grouped validation split of the rest."""
     held = set(holdout_recordings(meta, cfg.holdout_fraction, cfg.seed))
     rest = meta[~meta.filename.isin(held)]
-    val = set(validation_recordings(rest, cfg.val_fraction, cfg.seed))
+    if getattr(cfg, "folds", 0):  # cross-validation: one recording-grouped fold (bench/floor.py uses the same)
+        val = {f for f, k in recording_folds(rest, cfg.folds, cfg.seed).items() if k == cfg.fold}
+    else:
+        val = set(validation_recordings(rest, cfg.val_fraction, cfg.seed))
     cached = meta.filename.isin(cache.entries.index)
     skipped = sorted(meta.filename[~cached])
     usable = rest[rest.filename.isin(cache.entries.index)]
@@ -75,49 +81,140 @@ def warn_unknown_secondary_labels(meta: pd.DataFrame, classes: list[str], show: 
 
 def _windows(meta: pd.DataFrame, cache: FeatureCache, classes: list[str], max_windows: int) -> WindowSet:
     col = {c: j for j, c in enumerate(classes)}
-    rows, labels, targets, names = [], [], [], []
+    rows, labels, targets, names, first, length, slot = [], [], [], [], [], [], []
     for rec in meta.itertuples():
         target = np.zeros(len(classes), np.float32)
         target[col[rec.primary_label]] = 1.0
         for s in rec.secondary_labels:
             if s in col:  # secondary labels outside the class list are ignored
                 target[col[s]] = 1.0
-        r = cache.rows_of(rec.filename)
-        r = r[:max_windows] if max_windows else r
+        every = cache.rows_of(rec.filename)
+        r = every[:max_windows] if max_windows else every
         rows += list(r)
         labels += [col[rec.primary_label]] * len(r)
         targets += [target] * len(r)
         names += [rec.filename] * len(r)
+        first += [every.start] * len(r)
+        length += [len(every)] * len(r)
+        slot += list(range(len(r)))
+    ints = lambda v: np.asarray(v, np.int64)  # noqa: E731
     return WindowSet(
-        rows=np.asarray(rows, np.int64),
-        label_idx=np.asarray(labels, np.int64),
+        rows=ints(rows), label_idx=ints(labels),
         targets=np.stack(targets) if targets else np.zeros((0, len(classes)), np.float32),
-        filenames=np.asarray(names),
+        filenames=np.asarray(names), span_first=ints(first), span_len=ints(length), slot=ints(slot),
     )
 
 
 class CachedWindows(Dataset):
-    """(features [n_mels, n_frames] float32, primary label, multi-hot target) per window.
+    """Batches of (features [B, n_mels, n_frames] float16, primary labels [B], multi-hot targets [B, C]).
 
-    Small sets are copied to RAM once; large ones are read from the memory map."""
+    Features stay float16 (the cache's precision) until they are on the device: half the bytes to
+    copy to a GPU, and the conversion runs there.
 
-    def __init__(self, cache: FeatureCache, ws: WindowSet):
-        self.ws = ws
-        nbytes = len(ws) * cache.windows[0].nbytes if len(cache.windows) else 0
+    Indexed by a list of window indices (one gather per batch: see `loader`). Small sets are copied
+    to RAM once; large ones are read from the memory map. With `random_crop`, each training slot
+    of a recording takes, every epoch, a different window from anywhere in the recording rather
+    than always one of its first windows: the k-th slot takes the k-th window of a permutation
+    seeded by (seed, epoch, recording), so no window repeats within an epoch and a resumed run
+    draws exactly what the killed one would have."""
+
+    def __init__(self, cache: FeatureCache, ws: WindowSet, random_crop: bool = False, seed: int = 0):
+        self.ws, self.random_crop, self.seed, self.epoch = ws, random_crop, seed, 0
+        needed = _all_rows(ws) if random_crop else np.unique(ws.rows)  # sorted cache rows this set may read
+        nbytes = len(needed) * cache.windows[0].nbytes if len(cache.windows) else 0
         if nbytes <= _PRELOAD_BYTES:
-            self.x = torch.from_numpy(np.ascontiguousarray(cache.windows[ws.rows]))  # [n, M, T] float16
-            self.rows = None
+            self.x = torch.from_numpy(np.ascontiguousarray(cache.windows[needed]))  # [n, M, T] float16
+            self.needed = needed  # row i of self.x is cache row needed[i]
         else:
-            self.x, self.rows = cache.windows, ws.rows
+            self.x, self.needed = cache.windows, None
         self.labels = torch.from_numpy(ws.label_idx)
         self.targets = torch.from_numpy(ws.targets)
+        self._recording_ids = np.unique(ws.span_first, return_inverse=True)[1]  # [n] one id per recording
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.ws)
 
-    def __getitem__(self, i: int):
-        if self.rows is None:
-            x = self.x[i].float()
+    def rows_for(self, idx: np.ndarray) -> np.ndarray:
+        """Cache rows of the windows at `idx` this epoch."""
+        if not self.random_crop:
+            return self.ws.rows[idx]
+        out = np.empty(len(idx), np.int64)
+        for j, i in enumerate(idx):
+            n = int(self.ws.span_len[i])
+            perm = np.random.default_rng((self.seed, self.epoch, int(self._recording_ids[i]))).permutation(n)
+            out[j] = self.ws.span_first[i] + perm[self.ws.slot[i] % n]
+        return out
+
+    def local(self, rows: np.ndarray) -> np.ndarray:
+        """Cache rows -> rows of self.x."""
+        return rows if self.needed is None else np.searchsorted(self.needed, rows)
+
+    def __getitem__(self, idx):
+        idx = np.atleast_1d(np.asarray(idx, np.int64))
+        local = self.local(self.rows_for(idx))
+        if isinstance(self.x, torch.Tensor):
+            x = self.x[torch.from_numpy(local)]
+        else:  # memmap: one fancy read per batch
+            x = torch.from_numpy(np.asarray(self.x[local]))
+        t = torch.from_numpy(idx)
+        return x, self.labels[t], self.targets[t]
+
+
+def _all_rows(ws: WindowSet) -> np.ndarray:
+    spans = {(int(a), int(n)) for a, n in zip(ws.span_first, ws.span_len)}
+    return np.asarray(sorted(r for a, n in spans for r in range(a, a + n)), np.int64)
+
+
+def balance_weights(label_idx: np.ndarray, power: float) -> np.ndarray | None:
+    """Sampling weight per window, proportional to (windows of its class)^-power: 0 is the plain
+    shuffle (None), 1 draws every class equally often, 0.5 is between (rare species seen more
+    often without being memorised)."""
+    if power <= 0:
+        return None
+    counts = np.bincount(label_idx)
+    w = counts[label_idx].astype(np.float64) ** -power
+    return w / w.sum()
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Batches of window indices for one epoch, a pure function of (seed, epoch): a resumed run
+    replays the same order, and each of `world` processes (DistributedDataParallel) takes its own
+    interleaved share of every epoch. With `weights`, windows are drawn with replacement by weight
+    (class-balanced sampling); without, it is a plain shuffle (or the given order with shuffle off)."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, weights: np.ndarray | None = None,
+                 seed: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.shuffle, self.weights = n, batch_size, shuffle, weights
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        if self.weights is not None:
+            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
         else:
-            x = torch.from_numpy(np.asarray(self.x[self.rows[i]], dtype=np.float32))
-        return x, self.labels[i], self.targets[i]
+            order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.world > 1:  # pad to a multiple of world so every process takes as many steps
+            order = np.concatenate([order, order[: (-len(order)) % self.world]])
+        return order[self.rank::self.world]
+
+    def __iter__(self):
+        order = self.indices()
+        for start in range(0, len(order), self.batch_size):
+            yield order[start:start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        per_rank = -(-self.n // self.world)
+        return -(-per_rank // self.batch_size)
+
+
+def loader(dataset: CachedWindows, sampler: EpochSampler, num_workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader that fetches whole batches with one gather (batch_size=None: the sampler
+    yields index lists), in worker processes when num_workers > 0, into pinned memory on CUDA."""
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)

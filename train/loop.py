@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from train import dist
 from data.layout import class_change, class_list, read_metadata
 from data.preprocess import FeatureCache
 from train.augment import mixup, power_mix, spec_mask
 from train.config import TrainConfig
-from train.data import CachedWindows, make_splits
+from train.data import CachedWindows, EpochSampler, balance_weights, loader, make_splits
 from train.metrics import accuracy, macro_roc_auc
 from train.models import build_model, forward_logits
+from train.optim import EMA, make_optimizer, make_scheduler
 from train.plots import confusion, plot_confusion, plot_curves, top_confusions
 
 
@@ -56,13 +58,6 @@ def select_device(pref: str) -> torch.device:
     if pref == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(pref)
-
-
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def batch_targets(cfg: TrainConfig, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -122,18 +117,25 @@ def train_step(model, x, y, cfg: TrainConfig, optimizer, scaler, device) -> torc
 
 
 def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen: torch.Generator,
-                max_steps: int | None = None) -> EpochResult:
+                max_steps: int | None = None, scheduler=None, ema: EMA | None = None, world: int = 1) -> EpochResult:
+    """One pass over the loader (this process's share under DDP). samples_per_s counts every
+    process's samples."""
     model.train()
     losses, n, t0 = [], 0, time.perf_counter()
     for step, (x, labels, targets) in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
+        x = x.float()  # float16 from the cache, converted on the device
         x, y = augment(cfg, x, batch_targets(cfg, labels, targets), gen)  # x [B, M, T], y [B, C]
         losses.append(train_step(model, x, y, cfg, optimizer, scaler, device) * len(x))
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(dist.unwrap(model))
         n += len(x)
     total = torch.stack(losses).sum().item() if losses else 0.0  # one device sync per epoch
-    return EpochResult(total / max(n, 1), n / (time.perf_counter() - t0))
+    return EpochResult(total / max(n, 1), n * world / (time.perf_counter() - t0))
 
 
 @torch.no_grad()
@@ -141,8 +143,9 @@ def predict(model, loader, cfg: TrainConfig, device) -> tuple[float, np.ndarray]
     """(mean loss, probabilities [n, classes]) over a loader, in eval mode."""
     model.eval()
     total, n, probs = 0.0, 0, []
-    for x, labels, targets in loader:
+    for x, labels, targets in loader:  # [B, M, T], [B], [B, C]
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
+        x = x.float()
         with autocast_for(device, cfg.amp):
             logits = model(x).float()
         total += loss_fn(cfg, logits, batch_targets(cfg, labels, targets)).item() * len(x)
@@ -171,18 +174,24 @@ class Prepared:
     splits: object  # train.data.Splits
     train_loader: DataLoader
     val_loader: DataLoader
-    loader_gen: torch.Generator  # the training shuffle's random state
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training order and random crops of `epoch` (a pure function of seed and epoch)."""
+        self.train_loader.sampler.set_epoch(epoch)
+        self.train_loader.dataset.set_epoch(epoch)
 
 
-def prepare(cfg: TrainConfig, cache_dir: Path, run_dir: Path, device: torch.device) -> Prepared:
+def prepare(cfg: TrainConfig, cache_dir: Path, run_dir: Path, device: torch.device,
+            d: dist.Dist = dist.Dist()) -> Prepared:
     meta = read_metadata(Path(cfg.data_dir))
     classes = class_list(meta)
     cache = FeatureCache.open(cache_dir)
     splits = make_splits(cache, meta, classes, cfg)
-    _atomic_json(run_dir / "split.json", {
-        "train": splits.train.recordings, "val": splits.val.recordings,
-        "holdout": splits.holdout, "skipped": splits.skipped, "classes": classes,
-    })
+    if d.main:
+        _atomic_json(run_dir / "split.json", {
+            "train": splits.train.recordings, "val": splits.val.recordings,
+            "holdout": splits.holdout, "skipped": splits.skipped, "classes": classes,
+        })
     print(f"data: {len(classes)} classes, {len(splits.train)} train windows "
           f"({len(splits.train.recordings)} recordings), {len(splits.val)} val windows "
           f"({len(splits.val.recordings)} recordings), {len(splits.holdout)} recordings held out")
@@ -190,31 +199,38 @@ def prepare(cfg: TrainConfig, cache_dir: Path, run_dir: Path, device: torch.devi
         print(f"data: {len(splits.skipped)} recording(s) of the metadata have no features (unreadable or missing; "
               f"reasons in {cache_dir / 'entries.csv'})")
     pin = device.type == "cuda"
-    g = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(CachedWindows(cache, splits.train), batch_size=cfg.batch_size, shuffle=True,
-                              generator=g, num_workers=cfg.num_workers, pin_memory=pin, drop_last=False)
-    val_loader = DataLoader(CachedWindows(cache, splits.val), batch_size=max(cfg.batch_size, 64),
-                            num_workers=cfg.num_workers, pin_memory=pin)
-    return Prepared(classes, splits, train_loader, val_loader, g)
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(4, os.cpu_count() or 1) if pin else 0)
+    train_sampler = EpochSampler(len(splits.train), cfg.batch_size, seed=cfg.seed, rank=d.rank, world=d.world,
+                                 weights=balance_weights(splits.train.label_idx, cfg.balance_power))
+    train_set = CachedWindows(cache, splits.train, random_crop=cfg.random_crop, seed=cfg.seed)
+    val_sampler = EpochSampler(len(splits.val), max(cfg.batch_size, 64), shuffle=False)
+    return Prepared(classes, splits, loader(train_set, train_sampler, workers, pin),
+                    loader(CachedWindows(cache, splits.val), val_sampler, workers, pin))
 
 
 @dataclass
 class TrainState:
     """What an epoch changes; saved as last.pt after every epoch so a killed run resumes exactly."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # wrapped in DistributedDataParallel under torchrun
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     aug_gen: torch.Generator
-    loader_gen: torch.Generator
+    ema: EMA | None
     history: list
     best: dict | None = None
 
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights validated and saved: the EMA where there is one."""
+        return self.ema.module if self.ema is not None else dist.unwrap(self.model)
+
     def save(self, path: Path, classes: list[str]) -> None:
         _atomic_torch_save({
-            "model_state": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "aug_gen": self.aug_gen.get_state(),
-            "loader_gen": self.loader_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "model_state": dist.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+            "scaler": self.scaler.state_dict(), "aug_gen": self.aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
             "history": self.history, "best": self.best, "classes": classes,
         }, path)
@@ -224,11 +240,13 @@ class TrainState:
         if state is None:
             state = torch.load(path, map_location="cpu", weights_only=False)
         check_resume_classes(path, state["classes"], classes)
-        self.model.load_state_dict(state["model_state"])
+        dist.unwrap(self.model).load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.scaler.load_state_dict(state["scaler"])
         self.aug_gen.set_state(state["aug_gen"])
-        self.loader_gen.set_state(state["loader_gen"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
@@ -241,9 +259,10 @@ def check_resume_classes(path: Path, saved: list[str], classes: list[str]) -> No
                            f"{len(classes)} ({class_change(saved, classes)}); start a new run")
 
 
-def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False) -> dict:
+def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False, d: dist.Dist = dist.Dist()) -> dict:
     """Train one model; returns the summary also written to run_dir/summary.json. With resume,
-    continue from run_dir/last.pt (model, optimizer, scaler, random states, epoch)."""
+    continue from run_dir/last.pt (model, optimizer, schedule, EMA, scaler, random states, epoch).
+    Under torchrun every process calls this; rank 0 alone writes the run folder."""
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"\n=== {cfg.model} -> {run_dir}" + (" (resuming)" if resume else ""))
     saved = None
@@ -251,38 +270,62 @@ def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False) 
         saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
         check_resume_classes(run_dir / "last.pt", saved["classes"], class_list(read_metadata(Path(cfg.data_dir))))
     print("config:", json.dumps(cfg.to_dict()))
-    cfg.save(run_dir / "config.json")
-    seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    data = prepare(cfg, cache_dir, run_dir, device)
-    model = build_model(cfg.model, len(data.classes), pretrained=cfg.pretrained and not resume,
-                        input_hw=cfg.input_hw).to(device)
-    state = TrainState(model, make_optimizer(cfg, model.parameters()),
-                       torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
-                                            and not torch.cuda.is_bf16_supported()),
-                       torch.Generator().manual_seed(cfg.seed + 1), data.loader_gen, [])
+    if d.main:
+        cfg.save(run_dir / "config.json")
+    seed_everything(cfg.seed)  # the same initial weights in every process
+    device = dist.device_for(d, select_device(cfg.device))
+    data = prepare(cfg, cache_dir, run_dir, device, d)
+    state = new_state(cfg, data, device, d, pretrained=cfg.pretrained and not resume)
+    if d.active:
+        print(f"distributed: {d.world} processes, batch {cfg.batch_size} each ({cfg.batch_size * d.world} in all)")
     if saved is not None:
         state.load(run_dir / "last.pt", data.classes, saved)
         print(f"resumed after epoch {len(state.history)}")
     for epoch in range(len(state.history) + 1, cfg.epochs + 1):
-        run_epoch(cfg, state, data, device, epoch, run_dir)
-    return _finish(cfg, data.classes, state.history, state.best, model, run_dir)
+        run_epoch(cfg, state, data, device, epoch, run_dir, d)
+    if d.main:
+        _finish(cfg, data.classes, state.history, state.best, state.evaluated, run_dir, processes=d.world)
+    dist.barrier(d)
+    return json.loads((run_dir / "summary.json").read_text())
 
 
-def run_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch: int, run_dir: Path) -> None:
+def setup_model(cfg: TrainConfig, num_classes: int, device: torch.device, pretrained: bool) -> torch.nn.Module:
+    model = build_model(cfg.model, num_classes, pretrained=pretrained, input_hw=cfg.input_hw).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # input shapes are fixed: pick the fastest kernels once
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # NHWC: tensor-core friendly convolutions
+    return model
+
+
+def new_state(cfg: TrainConfig, data: Prepared, device: torch.device, d: dist.Dist, pretrained: bool) -> TrainState:
+    model = setup_model(cfg, len(data.classes), device, pretrained)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    optimizer = make_optimizer(cfg, model.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                  and not torch.cuda.is_bf16_supported())
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * d.rank)  # each process its own augmentations
+    return TrainState(dist.wrap(d, model, device), optimizer, make_scheduler(cfg, optimizer, len(data.train_loader)),
+                      scaler, aug_gen, ema, [])
+
+
+def run_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch: int, run_dir: Path,
+              d: dist.Dist = dist.Dist()) -> None:
     """Train, validate, record; keep the best checkpoint; then save last.pt (the resume point)."""
     t0 = time.perf_counter()
-    tr = train_epoch(state.model, data.train_loader, cfg, state.optimizer, device, state.scaler, state.aug_gen)
-    val_loss, probs = predict(state.model, data.val_loader, cfg, device)
+    data.set_epoch(epoch)
+    tr = train_epoch(state.model, data.train_loader, cfg, state.optimizer, device, state.scaler, state.aug_gen,
+                     scheduler=state.scheduler, ema=state.ema, world=d.world)
+    val_loss, probs = predict(state.evaluated, data.val_loader, cfg, device)
     val = data.splits.val
     row = {
         "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,
         "val_accuracy": accuracy(val.label_idx, probs),
         "val_roc_auc": macro_roc_auc(_one_hot(val.label_idx, len(data.classes)), probs),
         "train_samples_per_s": tr.samples_per_s, "epoch_s": time.perf_counter() - t0,
+        "lr": state.optimizer.param_groups[0]["lr"],
     }
     state.history.append(row)
-    _write_history(state.history, run_dir, cfg)
     best = state.best
     improved = best is None or (row["val_roc_auc"], row["val_accuracy"]) > (best["val_roc_auc"], best["val_accuracy"])
     print(f"epoch {epoch:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
@@ -290,8 +333,12 @@ def run_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch
           f"{row['train_samples_per_s']:.0f} samples/s" + ("  *best" if improved else ""))
     if improved:
         state.best = row
-        _save_best(state.model, cfg, data.classes, row, probs, val, run_dir)
-    state.save(run_dir / "last.pt", data.classes)
+    if d.main:
+        _write_history(state.history, run_dir, cfg)
+        if improved:
+            _save_best(state.evaluated, cfg, data.classes, row, probs, val, run_dir)
+        state.save(run_dir / "last.pt", data.classes)
+    dist.barrier(d)
 
 
 def _one_hot(idx: np.ndarray, n: int) -> np.ndarray:
@@ -316,7 +363,8 @@ def _save_best(model, cfg: TrainConfig, classes: list[str], row: dict, probs: np
                         label_idx=val.label_idx, filenames=val.filenames)
 
 
-def _finish(cfg: TrainConfig, classes: list[str], history: list[dict], best: dict, model, run_dir: Path) -> dict:
+def _finish(cfg: TrainConfig, classes: list[str], history: list[dict], best: dict, model, run_dir: Path,
+            processes: int = 1) -> dict:
     pred = np.load(run_dir / "val_predictions.npz")
     m = confusion(pred["label_idx"], pred["probs"].argmax(1), len(classes))
     plot_confusion(m, classes, run_dir / "confusion.png", f"{cfg.model}: validation, epoch {best['epoch']}")
@@ -327,9 +375,10 @@ def _finish(cfg: TrainConfig, classes: list[str], history: list[dict], best: dic
     summary = {
         "status": "finished", "model": cfg.model, "run": run_dir.name, "best_epoch": best["epoch"],
         "epochs": len(history), "val_accuracy": best["val_accuracy"], "val_roc_auc": best["val_roc_auc"],
-        "val_loss": best["val_loss"], "train_samples_per_s": float(np.median([h["train_samples_per_s"] for h in history])),
+        "val_loss": best["val_loss"], "last_val_accuracy": history[-1]["val_accuracy"],
+        "last_val_roc_auc": history[-1]["val_roc_auc"], "train_samples_per_s": float(np.median([h["train_samples_per_s"] for h in history])),
         "parameters": sum(p.numel() for p in model.parameters()), "classes": len(classes),
-        "top_confusions": [list(x) for x in mistakes], **determinism(next(model.parameters()).device),
+        "top_confusions": [list(x) for x in mistakes], "processes": processes, **determinism(next(model.parameters()).device),
     }
     _atomic_json(run_dir / "summary.json", summary)
     (run_dir / "last.pt").unlink(missing_ok=True)  # the resume point of a finished run is dead weight

@@ -1,0 +1,194 @@
+"""Training levers: schedule, EMA, class-balanced sampling, random crops, folds, resume with all
+of them on, and multi-process training through torchrun."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from train.data import CachedWindows, EpochSampler, balance_weights
+from train.optim import EMA, lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_roc_auc", "lr"]
+LEVERS = ["--random-crop", "--balance-power", "0.5", "--lr-schedule", "cosine", "--warmup-epochs", "1",
+          "--ema-decay", "0.99", "--mixup-prob", "0.5", "--spec-mask"]
+
+
+def test_the_warm_up_rises_linearly_and_the_cosine_ends_at_one_percent():
+    factors = [lr_factor(s, total_steps=100, warmup_steps=10, schedule="cosine") for s in range(100)]
+    assert factors[:3] == pytest.approx([0.1, 0.2, 0.3])
+    assert factors[9] == 1.0 and factors[10] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # falls monotonically after the warm-up
+    assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.01)
+    assert lr_factor(50, 100, 0, "constant") == 1.0
+
+
+def test_the_ema_moves_each_weight_a_ramped_share_towards_the_model():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.999)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # first update: decay min(0.999, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.module.weight, d * start + (1 - d) * (start + 1.0))
+    assert not ema.module.weight.requires_grad
+
+
+def test_ema_state_round_trips_with_its_update_count():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, 0.9)
+    for _ in range(3):
+        ema.update(model)
+    other = EMA(torch.nn.Linear(2, 2), 0.9)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 3 and torch.equal(other.module.weight, ema.module.weight)
+
+
+def test_balanced_weights_give_every_class_the_same_total_weight():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    w = balance_weights(labels, power=1.0)
+    totals = [w[labels == c].sum() for c in range(3)]
+    assert totals == pytest.approx([1 / 3] * 3)
+    assert balance_weights(labels, 0.0) is None
+    half = balance_weights(labels, 0.5)
+    assert half[labels == 2].sum() > half[labels == 2].size / 100  # the rare class is drawn more than its share
+
+
+def test_a_balanced_sampler_draws_a_rare_class_about_as_often_as_a_common_one():
+    labels = np.array([0] * 900 + [1] * 100)
+    sampler = EpochSampler(1000, 50, weights=balance_weights(labels, 1.0), seed=0)
+    drawn = labels[sampler.indices()]
+    assert 0.4 < drawn.mean() < 0.6  # about half the draws come from the 10% class
+
+
+def test_the_epoch_order_depends_on_seed_and_epoch_only():
+    a, b = EpochSampler(40, 8, seed=3), EpochSampler(40, 8, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b) and len(list(a)) == len(a) == 5
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    assert sorted(a.indices()) == list(range(40))  # a plain epoch is a permutation
+
+
+def test_processes_share_every_epoch_without_overlap():
+    shards = [EpochSampler(42, 4, seed=1, rank=r, world=3) for r in range(3)]
+    parts = [s.indices() for s in shards]
+    assert {len(p) for p in parts} == {14} and len({len(s) for s in shards}) == 1
+    assert sorted(np.concatenate(parts)) == list(range(42))
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_dataset):
+    from data.features import FeatureConfig
+    from data.preprocess import FeatureCache, PreprocessConfig, ensure_cache
+
+    return FeatureCache.open(ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(),
+                                                           progress=False)))
+
+
+def tiny_splits(tiny_dataset, tiny_cache, **overrides):
+    from data.layout import class_list, read_metadata
+    from train.config import config_for
+    from train.data import make_splits
+
+    meta = read_metadata(tiny_dataset)
+    cfg = config_for("simple_cnn", str(tiny_dataset), holdout_fraction=0.0, **overrides)
+    return make_splits(tiny_cache, meta, class_list(meta), cfg), meta
+
+
+def test_random_crops_take_other_windows_of_the_same_recording_each_epoch(tiny_dataset, tiny_cache):
+    splits, _ = tiny_splits(tiny_dataset, tiny_cache, max_windows_per_recording=1)
+    ws = splits.train
+    long = np.flatnonzero(ws.span_len >= 3)
+    assert len(long), "the tiny dataset should have recordings of 3+ windows"
+    ds = CachedWindows(tiny_cache, ws, random_crop=True, seed=0)
+    seen = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        rows = ds.rows_for(long)
+        assert np.all((rows >= ws.span_first[long]) & (rows < ws.span_first[long] + ws.span_len[long]))
+        seen |= set(rows.tolist())
+    assert len(seen) > len(long)  # beyond the first window of each recording
+    x, labels, targets = ds[long[:2]]
+    assert x.dtype == torch.float16 and x.shape == (2, *tiny_cache.features.shape)
+    assert torch.equal(x[0], torch.from_numpy(np.array(tiny_cache.windows[ds.rows_for(long[:1])[0]])))
+    plain = CachedWindows(tiny_cache, ws)
+    assert np.array_equal(plain.rows_for(np.arange(len(ws))), ws.rows)
+
+
+def test_the_slots_of_one_recording_never_repeat_a_window_within_an_epoch(tiny_dataset, tiny_cache):
+    splits, _ = tiny_splits(tiny_dataset, tiny_cache, max_windows_per_recording=3)
+    ds = CachedWindows(tiny_cache, splits.train, random_crop=True, seed=5)
+    ds.set_epoch(1)
+    rows = ds.rows_for(np.arange(len(splits.train)))
+    for name in set(splits.train.filenames):
+        mine = rows[splits.train.filenames == name]
+        assert len(set(mine.tolist())) == len(mine)
+
+
+def test_cross_validation_folds_validate_each_recording_exactly_once(tiny_dataset, tiny_cache):
+    seen = []
+    for k in range(3):
+        splits, meta = tiny_splits(tiny_dataset, tiny_cache, folds=3, fold=k)
+        assert not set(splits.train.recordings) & set(splits.val.recordings)
+        seen += splits.val.recordings
+    assert sorted(seen) == sorted(meta.filename)
+
+
+def test_a_run_with_every_lever_on_resumes_exactly_after_a_kill(tiny_dataset, tmp_path, monkeypatch):
+    import train.loop as loop
+    from data.features import FeatureConfig
+    from data.preprocess import PreprocessConfig, ensure_cache
+    from train.config import config_for
+
+    cfg = config_for("simple_cnn", str(tiny_dataset), epochs=3, pretrained=False, device="cpu",
+                     max_windows_per_recording=2, random_crop=True, balance_power=0.5, lr_schedule="cosine",
+                     warmup_epochs=1.0, ema_decay=0.99, mixup_prob=0.5, spec_mask=True)
+    cache = ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
+    loop.fit(cfg, cache, tmp_path / "whole")
+    whole = pd.read_csv(tmp_path / "whole" / "metrics.csv")[METRICS]
+
+    real_run_epoch = loop.run_epoch
+
+    def killed_after_two(cfg, state, data, device, epoch, run_dir, d=loop.dist.Dist()):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        real_run_epoch(cfg, state, data, device, epoch, run_dir, d)
+
+    monkeypatch.setattr(loop, "run_epoch", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        loop.fit(cfg, cache, tmp_path / "killed")
+    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
+    loop.fit(cfg, cache, tmp_path / "killed", resume=True)
+    resumed = pd.read_csv(tmp_path / "killed" / "metrics.csv")[METRICS]
+    pd.testing.assert_frame_equal(resumed, whole)
+    assert whole.lr.iloc[-1] < whole.lr.iloc[0] or whole.lr.iloc[0] < cfg.lr  # the schedule moved the lr
+
+
+def test_torchrun_trains_one_run_with_two_processes_on_cpu(tiny_dataset, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "BIRDKIT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "train", "--data", str(tiny_dataset),
+         "--models", "simple_cnn", "--epochs", "2", "--device", "cpu", "--windows-per-recording", "2",
+         "--holdout-fraction", "0", *LEVERS],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "train" / "runs" / tiny_dataset.name).glob("simple_cnn-*"))
+    assert len(runs) == 1, runs  # both processes wrote into one run folder (rank 0 only)
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs"] == 2
+    assert 0.0 <= summary["val_roc_auc"] <= 1.0
+    assert out.stdout.count("epoch   1/2") == 1  # only rank 0 prints
+    assert "distributed: 2 processes" in out.stdout
