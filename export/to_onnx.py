@@ -72,7 +72,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     cfg = TrainConfig.load(run_dir / "config.json")
     ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     classes = ckpt["classes"]
-    if ckpt["config"] != cfg.to_dict():
+    # Both through TrainConfig: a run saved before a config field existed compares with its default.
+    if TrainConfig.from_dict(ckpt["config"]).to_dict() != cfg.to_dict():
         raise ExportError(f"{run_dir}: config.json differs from the config stored in best.pt; "
                           "the run folder was edited or mixed up. Retrain or restore config.json.")
     check_classes_still_match(run_dir, Path(cfg.data_dir), classes)

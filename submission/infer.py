@@ -9,7 +9,9 @@ pandas, onnxruntime and the audio libraries of data.features; no torch.
     this process:      onnxruntime (one model or an ensemble) -> probabilities [n_windows, classes]
                        -> post-processing -> rows of submission.csv, streamed to disk
 
-Decoding and features overlap with the model. A guard watches the pace against the deadline
+Decoding and features overlap with the model. Alternatively (RunSettings.soundscape_workers,
+SoundscapePool) each worker process runs the whole chain on whole soundscapes with its own
+one-thread copy of the model, and this process only writes rows. A guard watches the pace against the deadline
 and steps down to cheaper paths (fewer models, no denoise, finally empty rows) rather than let
 Kaggle kill the run. A file that cannot be read still gets its rows.
 """
@@ -49,9 +51,10 @@ class KitModel:
     name: str = "model"
     batch_windows: int = 48
     ms_per_window: float = 0.0  # measured at load time, this machine, these threads
+    path: Path | None = None  # where it was loaded from (soundscape workers load their own copy)
 
     @classmethod
-    def load(cls, onnx_path: Path, threads: int | None = None) -> "KitModel":
+    def load(cls, onnx_path: Path, threads: int | None = None, measure: bool = True) -> "KitModel":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -64,8 +67,10 @@ class KitModel:
         meta = dict(session.get_modelmeta().custom_metadata_map)
         check_metadata(meta, onnx_path)
         model = cls(session, json.loads(meta["classes"]), FeatureConfig.from_dict(json.loads(meta["features"])),
-                    meta, session.get_inputs()[0].name, name=meta.get("model_name", onnx_path.stem))
-        model.ms_per_window = model.measure_ms_per_window()
+                    meta, session.get_inputs()[0].name, name=meta.get("model_name", onnx_path.stem),
+                    path=Path(onnx_path))
+        if measure:
+            model.ms_per_window = model.measure_ms_per_window()
         return model
 
     def predict(self, feats: np.ndarray) -> np.ndarray:
@@ -221,6 +226,72 @@ class FeatureStream:
             self.pool.shutdown(cancel_futures=True)
 
 
+_WORKER_MODELS: list = []  # a soundscape worker's own sessions (one thread each)
+
+
+def _init_soundscape_worker(onnx_paths: list[str]) -> None:
+    _limit_threads()
+    _WORKER_MODELS[:] = [KitModel.load(Path(p), threads=1, measure=False) for p in onnx_paths]
+
+
+def _score_soundscape(path: Path, cfg: FeatureConfig, model_idx: list[int] | None, combine: str, n_classes: int):
+    """In a worker: decode -> features -> model(s) for one soundscape. Returns the features'
+    record (without the features: only probabilities travel back), probabilities and model seconds."""
+    sf_ = soundscape_features(path, cfg, skip=model_idx is None)
+    if sf_.feats is None or model_idx is None:
+        return replace(sf_, feats=None), np.zeros((sf_.n_windows, n_classes), np.float32), 0.0, 0
+    t0 = time.perf_counter()
+    probs = Ensemble([_WORKER_MODELS[i] for i in model_idx], combine).predict(sf_.feats)
+    return replace(sf_, feats=None), probs, time.perf_counter() - t0, len(sf_.feats)
+
+
+class SoundscapePool:
+    """Whole soundscapes in `workers` processes, each with its own one-thread copy of the models:
+    decode, features and model of one soundscape never wait on each other, and no core idles
+    between a model's batches (on CPU, independent soundscapes scale better than intra-op
+    threads; measured in README). Results come back in order, at most 2 x workers in flight, so
+    memory stays flat. The guard's level is read when a soundscape is submitted."""
+
+    def __init__(self, paths: list[Path], ensemble: Ensemble, guard: "Guard", workers: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.paths, self.ensemble, self.guard, self.workers = paths, ensemble, guard, workers
+        onnx_paths = [str(m.path) for m in ensemble.models]
+        # fork: the workers inherit the notebook's sys.path (the kit's code folder).
+        self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
+                                        initializer=_init_soundscape_worker, initargs=(onnx_paths,))
+
+    def _submit(self, path: Path):
+        level = self.guard.current
+        idx = None if level.predictor is None else [self.ensemble.models.index(m) for m in level.predictor.models]
+        combine = level.predictor.combine if level.predictor is not None else "mean"
+        future = self.pool.submit(_score_soundscape, path, level.features or self.ensemble.features, idx, combine,
+                                  len(self.ensemble.classes))
+        return future, level.name
+
+    def results(self, timing: "Timing"):
+        """(path, level name, probabilities [n_windows, classes]) per soundscape, in order."""
+        pending: deque = deque()
+        try:
+            for path in self.paths:
+                pending.append(self._submit(path))
+                if len(pending) >= 2 * self.workers:
+                    yield self._take(*pending.popleft(), timing)
+            while pending:
+                yield self._take(*pending.popleft(), timing)
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+
+    @staticmethod
+    def _take(future, level_name: str, timing: "Timing"):
+        sf_, probs, model_s, windows = future.result()
+        _account(sf_, timing)
+        timing.model_s += model_s
+        timing.windows += windows
+        return sf_.path, level_name, probs
+
+
 # ------------------------------------------------------------------------------------ guard
 @dataclass
 class Level:
@@ -373,6 +444,11 @@ class RunSettings:
     deadline_s: float = DEFAULT_DEADLINE_MIN * 60
     feature_workers: int = -1  # -1: half the cores
     model_threads: int = 0  # 0: all cores
+    soundscape_workers: int = 0  # > 0: whole soundscapes in this many processes (SoundscapePool); -1: one per core
+
+    def parallel_soundscapes(self) -> int:
+        """Processes of the SoundscapePool; 0: features in workers, the model here."""
+        return (os.cpu_count() or 1) if self.soundscape_workers < 0 else self.soundscape_workers
 
     def resolved(self) -> tuple[int, int]:
         """(feature worker processes, model threads). The model keeps every core: its threads
@@ -395,15 +471,12 @@ def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path
     guard = Guard(settings.deadline_s, len(paths), levels_for(ensemble))
     out = CsvStream(out_csv, columns)
     raw = CsvStream(raw_csv, columns) if raw_csv else None
-    workers, _ = settings.resolved()
-    for i, sf_ in enumerate(FeatureStream(paths, lambda: guard.job(ensemble.features), workers), 1):
-        level = guard.current
-        probs = _predict(level, sf_, len(ensemble.classes), timing)
-        out.write(submission_rows(sf_.path.stem, post(probs), ensemble.classes, columns, ensemble.features))
+    for i, (path, level_name, probs) in enumerate(_scored(paths, ensemble, guard, timing, settings), 1):
+        out.write(submission_rows(path.stem, post(probs), ensemble.classes, columns, ensemble.features))
         if raw:
-            raw.write(submission_rows(sf_.path.stem, probs, ensemble.classes, columns, ensemble.features))
+            raw.write(submission_rows(path.stem, probs, ensemble.classes, columns, ensemble.features))
         timing.soundscapes += 1
-        timing.levels[level.name] = timing.levels.get(level.name, 0) + 1
+        timing.levels[level_name] = timing.levels.get(level_name, 0) + 1
         guard.record(i)
         if i % 50 == 0 or i == len(paths):
             print(f"{i}/{len(paths)} soundscapes", flush=True)
@@ -414,13 +487,31 @@ def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path
     return timing
 
 
-def _predict(level: Level, sf_: SoundscapeFeatures, n_classes: int, timing: Timing) -> np.ndarray:
-    """[n_windows, classes] for one soundscape at the guard's current level."""
+def _scored(paths: list[Path], ensemble: Ensemble, guard: Guard, timing: Timing, settings: RunSettings):
+    """(path, level name, probabilities) per soundscape, in order: from a SoundscapePool, or from
+    feature workers feeding the model in this process."""
+    n_pool = settings.parallel_soundscapes()
+    if n_pool > 0 and len(paths) > 1:
+        yield from SoundscapePool(paths, ensemble, guard, n_pool).results(timing)
+        return
+    workers, _ = settings.resolved()
+    for sf_ in FeatureStream(paths, lambda: guard.job(ensemble.features), workers):
+        level = guard.current
+        yield sf_.path, level.name, _predict(level, sf_, len(ensemble.classes), timing)
+
+
+def _account(sf_: SoundscapeFeatures, timing: Timing) -> None:
+    """Log a bad file (the run carries on) and add its decode and feature seconds."""
     if sf_.problem:
         timing.failures.append(sf_.problem if sf_.path.name in sf_.problem else f"{sf_.path.name}: {sf_.problem}")
         print(f"warning: {timing.failures[-1]}", file=sys.stderr, flush=True)
     timing.decode_s += sf_.decode_s
     timing.features_s += sf_.features_s
+
+
+def _predict(level: Level, sf_: SoundscapeFeatures, n_classes: int, timing: Timing) -> np.ndarray:
+    """[n_windows, classes] for one soundscape at the guard's current level."""
+    _account(sf_, timing)
     if sf_.feats is None or level.predictor is None:
         return np.zeros((sf_.n_windows, n_classes), np.float32)
     t0 = time.perf_counter()
@@ -448,6 +539,8 @@ def run_settings(manifest: dict) -> RunSettings:
         s = replace(s, deadline_s=float(os.environ["BIRDKIT_DEADLINE_S"]))
     if os.environ.get("BIRDKIT_FEATURE_WORKERS"):
         s = replace(s, feature_workers=int(os.environ["BIRDKIT_FEATURE_WORKERS"]))
+    if os.environ.get("BIRDKIT_SOUNDSCAPE_WORKERS"):
+        s = replace(s, soundscape_workers=int(os.environ["BIRDKIT_SOUNDSCAPE_WORKERS"]))
     return s
 
 
@@ -465,8 +558,11 @@ def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
     workers, threads = settings.resolved()
     ensemble = load_ensemble(kit_dir, manifest, threads)
     names = ", ".join(f"{m.name} ({m.ms_per_window:.1f} ms/window)" for m in ensemble.models)
-    print(f"models: {names}; {len(ensemble.classes)} classes; {workers} feature workers, {threads} model threads; "
-          f"deadline {settings.deadline_s / 60:.0f} min; competition data {competition}")
+    pool = settings.parallel_soundscapes()
+    how = (f"{pool} soundscape workers (decode, features, model; 1 thread each)" if pool
+           else f"{workers} feature workers, {threads} model threads")
+    print(f"models: {names}; {len(ensemble.classes)} classes; {how}; deadline {settings.deadline_s / 60:.0f} min; "
+          f"competition data {competition}")
     working_dir.mkdir(parents=True, exist_ok=True)
     out_csv = working_dir / "submission.csv"
     post = PostProcess(**manifest.get("postprocess", {}))
@@ -475,7 +571,7 @@ def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
     timing = write_submission(ensemble, competition / "test_soundscapes", competition / "sample_submission.csv",
                               out_csv, post, raw_csv, settings)
     report = {**timing.to_dict(), "total_s": time.perf_counter() - t0, "feature_workers": workers,
-              "model_threads": threads}
+              "model_threads": threads, "soundscape_workers": settings.parallel_soundscapes()}
     (working_dir / "timing.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out_csv}: {timing.soundscapes} soundscapes, {timing.windows} windows in {report['total_s']:.1f} s")
     return out_csv

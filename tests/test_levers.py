@@ -192,3 +192,36 @@ def test_torchrun_trains_one_run_with_two_processes_on_cpu(tiny_dataset, tmp_pat
     assert 0.0 <= summary["val_roc_auc"] <= 1.0
     assert out.stdout.count("epoch   1/2") == 1  # only rank 0 prints
     assert "distributed: 2 processes" in out.stdout
+
+
+def _copy_run(chain, tmp_path) -> Path:
+    import shutil
+
+    run = sorted(chain.runs_dir.glob("simple_cnn-*"))[0]
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+def test_a_run_saved_before_the_levers_existed_still_exports(chain, tmp_path):
+    from export.to_onnx import export_run
+
+    run = _copy_run(chain, tmp_path)
+    new_fields = ["random_crop", "balance_power", "lr_schedule", "warmup_epochs", "ema_decay", "channels_last",
+                  "folds", "fold"]
+    ckpt = torch.load(run / "best.pt", weights_only=False)
+    for f in new_fields:
+        ckpt["config"].pop(f)
+    torch.save(ckpt, run / "best.pt")
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in new_fields}))
+    export_run(run, tmp_path / "out")
+    assert (tmp_path / "out" / "model.onnx").stat().st_size > 0
+
+
+def test_an_edited_config_json_is_refused_at_export(chain, tmp_path):
+    from export.to_onnx import ExportError, export_run
+
+    run = _copy_run(chain, tmp_path)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "lr": cfg["lr"] * 10}))
+    with pytest.raises(ExportError, match="config.json differs from the config stored in best.pt"):
+        export_run(run, tmp_path / "out")

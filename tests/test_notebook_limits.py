@@ -43,11 +43,16 @@ def bad_test_folder(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def bad_run(model, bad_test_folder, tiny_dataset, tmp_path_factory):
+# The notebook's two pipelines: feature workers beside the model here, and whole soundscapes in workers.
+PIPELINES = {"feature workers": RunSettings(feature_workers=2, soundscape_workers=0),
+             "soundscape workers": RunSettings(soundscape_workers=2)}
+
+
+@pytest.fixture(scope="module", params=list(PIPELINES))
+def bad_run(request, model, bad_test_folder, tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("bad-out") / "submission.csv"
     timing = write_submission(Ensemble([model]), bad_test_folder, tiny_dataset / "sample_submission.csv", out,
-                              settings=RunSettings(feature_workers=2))
+                              settings=PIPELINES[request.param])
     return pd.read_csv(out), timing
 
 
@@ -79,12 +84,22 @@ def test_a_stereo_44k_file_gives_the_same_rows_as_its_32k_mono_version(model, ba
     assert stereo.feats.shape == mono.feats.shape == (48, *model.features.shape)
 
 
-def test_features_in_worker_processes_equal_features_in_this_one(model, bad_test_folder, tiny_dataset, tmp_path):
+@pytest.mark.parametrize("pipeline", list(PIPELINES))
+def test_worker_processes_write_the_same_submission_as_one_process(model, bad_test_folder, tiny_dataset, tmp_path,
+                                                                    pipeline):
     a, b = tmp_path / "serial.csv", tmp_path / "parallel.csv"
-    for out, workers in ((a, 0), (b, 2)):
+    for out, settings in ((a, RunSettings(feature_workers=0, soundscape_workers=0)), (b, PIPELINES[pipeline])):
         write_submission(Ensemble([model]), bad_test_folder, tiny_dataset / "sample_submission.csv", out,
-                         settings=RunSettings(feature_workers=workers))
-    pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b))
+                         settings=settings)
+    pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b), atol=1e-6)
+
+
+def test_the_guard_steps_down_in_soundscape_workers_too(model, bad_test_folder, tiny_dataset, tmp_path):
+    out = tmp_path / "submission.csv"
+    timing = write_submission(Ensemble([model]), bad_test_folder, tiny_dataset / "sample_submission.csv", out,
+                              settings=RunSettings(deadline_s=0.05, soundscape_workers=2))
+    assert len(pd.read_csv(out)) == 48 * 5 + 12
+    assert timing.switches and "no model: empty rows" in timing.levels
 
 
 def test_the_guard_steps_down_to_empty_rows_rather_than_miss_a_tiny_deadline(model, bad_test_folder, tiny_dataset,
