@@ -100,7 +100,7 @@ def _pipeline_child(onnx_path: str, test_dir: str, out_dir: str, queue, settings
         wall = time.perf_counter() - t0
     queue.put({"wall_s": wall, "soundscapes": timing.soundscapes, "peak_bytes": mem.peak,
                "feature_workers": workers, "model_threads": threads,
-               "soundscape_workers": settings.parallel_soundscapes()})
+               "soundscape_workers": settings.parallel_soundscapes(model.ms_per_window)})
 
 
 def pipeline(onnx_path: Path, test_dir: Path, **settings) -> dict:
@@ -187,7 +187,7 @@ def levers(name: str, onnx_path: Path, scapes: list[Path]) -> list[dict]:
     per = lambda r: r["wall_s"] / r["soundscapes"]  # noqa: E731
     serial = pipeline(onnx_path, scapes[0].parent, feature_workers=0, soundscape_workers=0)
     beside = pipeline(onnx_path, scapes[0].parent, feature_workers=-1, soundscape_workers=0)
-    pool = pipeline(onnx_path, scapes[0].parent, soundscape_workers=-1)
+    pool = pipeline(onnx_path, scapes[0].parent, soundscape_workers=cores)
     rows.append({"lever": f"pipeline: {beside['feature_workers']} feature worker(s) beside the model, not serial",
                  "seconds": per(beside), "baseline": per(serial)})
     rows.append({"lever": f"pipeline: {pool['soundscape_workers']} whole-soundscape workers (1 thread), not serial",

@@ -35,6 +35,7 @@ from data.features import (
 MANIFEST_NAME = "birdkit.json"
 EXPECTED_SOUNDSCAPE_S = 240.0  # Kaggle's hidden test soundscapes are 4 minutes long
 DEFAULT_DEADLINE_MIN = 110.0  # Kaggle stops CPU notebooks at 120 minutes
+POOL_MAX_MS_PER_WINDOW = 20.0  # auto: whole-soundscape workers only for models at most this slow (all cores)
 AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
 
 
@@ -229,9 +230,13 @@ class FeatureStream:
 _WORKER_MODELS: list = []  # a soundscape worker's own sessions (one thread each)
 
 
+WORKER_BATCH_WINDOWS = 16  # smaller batches than the main process's 48: a third of the activation memory per worker
+
+
 def _init_soundscape_worker(onnx_paths: list[str]) -> None:
     _limit_threads()
-    _WORKER_MODELS[:] = [KitModel.load(Path(p), threads=1, measure=False) for p in onnx_paths]
+    _WORKER_MODELS[:] = [replace(KitModel.load(Path(p), threads=1, measure=False), batch_windows=WORKER_BATCH_WINDOWS)
+                         for p in onnx_paths]
 
 
 def _score_soundscape(path: Path, cfg: FeatureConfig, model_idx: list[int] | None, combine: str, n_classes: int):
@@ -444,11 +449,18 @@ class RunSettings:
     deadline_s: float = DEFAULT_DEADLINE_MIN * 60
     feature_workers: int = -1  # -1: half the cores
     model_threads: int = 0  # 0: all cores
-    soundscape_workers: int = 0  # > 0: whole soundscapes in this many processes (SoundscapePool); -1: one per core
+    # Whole soundscapes in this many processes (SoundscapePool); 0: feature workers beside the model
+    # in this process; -1 (auto): one per core for models faster than POOL_MAX_MS_PER_WINDOW, else 0.
+    # The pool is faster for small models (simple_cnn 1.29x, resnet18 1.19x over serial on 2 cores)
+    # but holds a copy of the model per core: for inception_v3 it gained nothing and took its peak
+    # memory from 2.6 to 4.1 GB (bench-infer, README).
+    soundscape_workers: int = -1
 
-    def parallel_soundscapes(self) -> int:
-        """Processes of the SoundscapePool; 0: features in workers, the model here."""
-        return (os.cpu_count() or 1) if self.soundscape_workers < 0 else self.soundscape_workers
+    def parallel_soundscapes(self, ms_per_window: float = 0.0) -> int:
+        """Processes of the SoundscapePool for a model of this cost; 0: features in workers, the model here."""
+        if self.soundscape_workers >= 0:
+            return self.soundscape_workers
+        return (os.cpu_count() or 1) if ms_per_window <= POOL_MAX_MS_PER_WINDOW else 0
 
     def resolved(self) -> tuple[int, int]:
         """(feature worker processes, model threads). The model keeps every core: its threads
@@ -490,7 +502,7 @@ def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path
 def _scored(paths: list[Path], ensemble: Ensemble, guard: Guard, timing: Timing, settings: RunSettings):
     """(path, level name, probabilities) per soundscape, in order: from a SoundscapePool, or from
     feature workers feeding the model in this process."""
-    n_pool = settings.parallel_soundscapes()
+    n_pool = settings.parallel_soundscapes(ensemble.ms_per_window)
     if n_pool > 0 and len(paths) > 1:
         yield from SoundscapePool(paths, ensemble, guard, n_pool).results(timing)
         return
@@ -558,7 +570,7 @@ def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
     workers, threads = settings.resolved()
     ensemble = load_ensemble(kit_dir, manifest, threads)
     names = ", ".join(f"{m.name} ({m.ms_per_window:.1f} ms/window)" for m in ensemble.models)
-    pool = settings.parallel_soundscapes()
+    pool = settings.parallel_soundscapes(ensemble.ms_per_window)
     how = (f"{pool} soundscape workers (decode, features, model; 1 thread each)" if pool
            else f"{workers} feature workers, {threads} model threads")
     print(f"models: {names}; {len(ensemble.classes)} classes; {how}; deadline {settings.deadline_s / 60:.0f} min; "
@@ -571,7 +583,7 @@ def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
     timing = write_submission(ensemble, competition / "test_soundscapes", competition / "sample_submission.csv",
                               out_csv, post, raw_csv, settings)
     report = {**timing.to_dict(), "total_s": time.perf_counter() - t0, "feature_workers": workers,
-              "model_threads": threads, "soundscape_workers": settings.parallel_soundscapes()}
+              "model_threads": threads, "soundscape_workers": settings.parallel_soundscapes(ensemble.ms_per_window)}
     (working_dir / "timing.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out_csv}: {timing.soundscapes} soundscapes, {timing.windows} windows in {report['total_s']:.1f} s")
     return out_csv

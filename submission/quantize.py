@@ -53,7 +53,7 @@ def local_score(onnx_path: Path, soundscapes: Path, solution: Path, sample_submi
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "submission.csv"
         write_submission(Ensemble([KitModel.load(onnx_path)]), soundscapes, sample_submission, out,
-                         settings=RunSettings(feature_workers=0))
+                         settings=RunSettings(feature_workers=0, soundscape_workers=0))
         return kaggle_score(pd.read_csv(solution), pd.read_csv(out))
 
 

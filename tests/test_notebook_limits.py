@@ -106,7 +106,7 @@ def test_the_guard_steps_down_to_empty_rows_rather_than_miss_a_tiny_deadline(mod
                                                                              tmp_path):
     out = tmp_path / "submission.csv"
     timing = write_submission(Ensemble([model]), bad_test_folder, tiny_dataset / "sample_submission.csv", out,
-                              settings=RunSettings(deadline_s=0.05, feature_workers=0))
+                              settings=RunSettings(deadline_s=0.05, feature_workers=0, soundscape_workers=0))
     sub = pd.read_csv(out)
     assert len(sub) == 48 * 5 + 12  # every soundscape still has its rows
     assert timing.switches and "no model: empty rows" in timing.levels
@@ -136,3 +136,14 @@ def test_models_that_disagree_on_classes_cannot_form_an_ensemble(model):
 
     with pytest.raises(ValueError, match="differ in classes or features"):
         Ensemble([model, replace(model, classes=list(reversed(model.classes)), name="flipped")])
+
+
+def test_by_default_only_fast_models_run_in_whole_soundscape_workers():
+    import os
+
+    from submission.infer import POOL_MAX_MS_PER_WINDOW
+
+    auto = RunSettings()
+    assert auto.parallel_soundscapes(ms_per_window=1.3) == os.cpu_count()  # simple_cnn-like: one per core
+    assert auto.parallel_soundscapes(ms_per_window=POOL_MAX_MS_PER_WINDOW + 15) == 0  # inception-like: features beside it
+    assert RunSettings(soundscape_workers=3).parallel_soundscapes(ms_per_window=100.0) == 3
