@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 import requests
 
 from data.layout import REQUIRED_ENTRIES, LayoutError, LayoutReport, validate_layout
+from data.paths import free_bytes, human_bytes
 
 SETTINGS_URL = "https://www.kaggle.com/settings/api"
 COMPETITION_URL = "https://www.kaggle.com/competitions/{competition}"
@@ -271,28 +272,12 @@ def explained(competition: str, out: Path, creds: Credentials):
 # ---------------------------------------------------------------- disk space
 
 
-def free_bytes(path: Path) -> int:
-    """Free space on the disk that holds path (or would hold it, once created)."""
-    path = Path(path).absolute()
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def _human(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError
-
-
 def check_space(folder: Path, needed: int, purpose: str) -> None:
     available = free_bytes(folder)
     if needed > available:
         raise DownloadError(
-            f"not enough free disk space in {folder} to {purpose}: need {_human(needed)} ({needed} bytes), "
-            f"have {_human(available)} ({available} bytes).\n"
+            f"not enough free disk space in {folder} to {purpose}: need {human_bytes(needed)} ({needed} bytes), "
+            f"have {human_bytes(available)} ({available} bytes).\n"
             "  Free some space, or pass --out on a disk with more room."
         )
 

@@ -5,6 +5,7 @@ Outputs go under the repository by default; BIRDKIT_ROOT moves them all (the tes
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,3 +60,20 @@ class Workspace:
     def solution_beside(self) -> Path:
         """Labels of the dataset's own test_soundscapes, kept beside the dataset (the sample)."""
         return self.data_dir.parent / f"{self.name}_solution.csv"
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds path, or will hold it once created."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as disk sizes are quoted)."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError

@@ -38,7 +38,7 @@ import pandas as pd
 from data.features import (DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, audio_to_features,
                            load_finite_audio, n_windows)
 from data.layout import audio_seconds, read_metadata
-from data.paths import Workspace
+from data.paths import Workspace, free_bytes, human_bytes
 
 ENTRY_FIELDS = ["filename", "status", "first_row", "n_windows", "detail"]
 STORE_DTYPE = np.float16
@@ -260,22 +260,6 @@ def estimate_cache_bytes(data_dir: Path, filenames: list[str], features: Feature
     return windows * row_bytes, windows
 
 
-def free_bytes(path: Path) -> int:
-    """Free space on the disk that holds path, or will hold it once created."""
-    path = Path(path).absolute()
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def _human(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError
-
-
 def check_disk_space(cache_dir: Path, data_dir: Path, pending: list[str], cfg: "PreprocessConfig") -> None:
     """Refuse, before writing anything, a run whose cache would not fit on its disk."""
     if not pending:
@@ -284,8 +268,8 @@ def check_disk_space(cache_dir: Path, data_dir: Path, pending: list[str], cfg: "
     available = free_bytes(cache_dir)
     if needed > available:
         raise DiskSpaceError(
-            f"not enough free disk space for the feature cache {cache_dir}: need {_human(needed)} ({needed} bytes) "
-            f"for {windows} windows of {len(pending)} recordings, have {_human(available)} ({available} bytes).\n"
+            f"not enough free disk space for the feature cache {cache_dir}: need {human_bytes(needed)} ({needed} bytes) "
+            f"for {windows} windows of {len(pending)} recordings, have {human_bytes(available)} ({available} bytes).\n"
             "  Free some space, cache fewer windows per recording (--max-windows N), "
             "or set BIRDKIT_ROOT to a disk with more room."
         )

@@ -100,11 +100,11 @@ def model_config(args: argparse.Namespace, model: str, features: FeatureConfig, 
 
 def cache_for(args: argparse.Namespace, cfg: TrainConfig, d: dist.Dist) -> Path:
     """The feature cache, built by rank 0 alone while the other processes wait."""
-    make = lambda: ensure_cache(PreprocessConfig(data_dir=Path(args.data), features=cfg.features,  # noqa: E731
-                                                 workers=args.preprocess_workers))
-    cache_dir = make() if d.main else None
+    pre = PreprocessConfig(data_dir=Path(args.data), features=cfg.features, workers=args.preprocess_workers)
+    if d.main:
+        ensure_cache(pre)
     dist.barrier(d)
-    return cache_dir or make()
+    return ensure_cache(pre)  # current by now: only checks and returns its folder
 
 
 def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
