@@ -40,6 +40,8 @@ NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv),,$(if $(filter $(abspa
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
 BENCH_ARGS  ?=
 STAMP := $(VENV)/.installed-$(ORT)
+# Free disk needed to build the venv (torch's CUDA build is most of it); checked before creating it
+VENV_NEEDS_BYTES ?= 8000000000
 
 .PHONY: help venv data sample preprocess train export package score holdout demo test report \
         bench-preprocess bench-infer bench-train floor cv upload clean
@@ -50,6 +52,7 @@ help:  ## list the targets
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies
 $(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m data.paths $(VENV) $(VENV_NEEDS_BYTES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt $(QUIET_PIP)
 	-$(PY) -m pip uninstall --quiet --yes $(ORT_OTHER) 2>/dev/null

@@ -77,3 +77,28 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError
+
+
+# The venv holds torch's CUDA build (about 5.6 GB) plus everything else; pip also needs room to unpack.
+VENV_NEEDS_BYTES = 8_000_000_000
+
+
+def venv_space_problem(venv: Path, needed: int = VENV_NEEDS_BYTES) -> str | None:
+    """The message for a venv that would not fit on its disk, or None when it fits."""
+    available = free_bytes(venv)
+    if available >= needed:
+        return None
+    return (
+        f"not enough free disk space to build {venv}: need about {human_bytes(needed)} "
+        f"(torch's CUDA build alone is 5.6 GB), have {human_bytes(available)} ({available} bytes).\n"
+        "  Free some space (old clones' .venv folders are the usual culprits), "
+        "or put the venv on a bigger disk: make VENV=/big/disk/birdkit-venv ..."
+    )
+
+
+if __name__ == "__main__":  # `python3 -m data.paths VENV [BYTES]`: the Makefile's check before building the venv
+    import sys
+
+    problem = venv_space_problem(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else VENV_NEEDS_BYTES)
+    if problem:
+        sys.exit(f"error: {problem}")

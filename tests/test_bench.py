@@ -52,3 +52,21 @@ def test_the_bench_prints_a_table_of_every_mode_and_writes_json(tmp_path):
 def test_an_unknown_mode_is_refused():
     out = run_bench("--modes", "none,fast", "--synthetic")
     assert out.returncode != 0 and "fast" in out.stderr
+
+
+def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_kaggles_cores(chain, capsys):
+    from bench.infer import main
+    from data.paths import output_root
+
+    assert main(["--data", str(chain.data_dir), "--soundscapes", "1"]) == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("model "))
+    for column in ("decode", "features", "model 1t", "model all*", "pipeline", "overhead", "peak GB",
+                   "at 4 cores***", "Kaggle min**"):
+        assert column in header
+    row = json.loads((output_root() / "bench" / "out" / "infer.json").read_text())["models"][0]
+    for key in ("decode_s", "features_s", "model_1thread_s", "model_all_cores_s", "pipeline_s", "projected_min"):
+        assert row[key] > 0, key
+    assert row["overhead"] == row["pipeline_s"] / row["model_all_cores_s"]
+    assert 0.05 < row["peak_gb"] < 4 and 0.05 < row["kaggle_peak_gb"] < 4
+    assert f"{row['kaggle_peak_gb']:13.2f} {row['projected_min']:12.1f}" in text

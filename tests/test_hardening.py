@@ -545,3 +545,15 @@ def test_the_kaggle_key_appears_in_no_output_file_and_no_stage_output(tiny_datas
             assert secret.encode() not in blob, path
     # the stages did see the credentials: the package names the user (and only the user)
     assert user in (root / "submission" / "dist" / "dataset" / "dataset-metadata.json").read_text()
+
+
+def test_building_the_venv_on_a_disk_too_small_is_refused_before_creating_it(tmp_path):
+    venv = tmp_path / "venv"
+    result = subprocess.run(
+        ["make", "venv", f"VENV={venv}", "VENV_NEEDS_BYTES=1000000000000000", "ORT=onnxruntime"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert f"error: not enough free disk space to build {venv}: need about 1000000.0 GB" in result.stderr
+    assert "make VENV=/big/disk/birdkit-venv" in result.stderr
+    assert not venv.exists()

@@ -225,3 +225,45 @@ def test_an_edited_config_json_is_refused_at_export(chain, tmp_path):
     (run / "config.json").write_text(json.dumps({**cfg, "lr": cfg["lr"] * 10}))
     with pytest.raises(ExportError, match="config.json differs from the config stored in best.pt"):
         export_run(run, tmp_path / "out")
+
+
+def test_torchvision_models_without_imagenet_weights_get_the_from_scratch_recipe():
+    from train.config import MODEL_DEFAULTS, SCRATCH_DEFAULTS, config_for
+
+    scratch = config_for("resnet18", "data", pretrained=False)
+    assert (scratch.optimizer, scratch.lr, scratch.lr_schedule, scratch.epochs) == ("adamw", 1e-3, "cosine", 40)
+    assert scratch.mixup_prob == 0.5 and scratch.spec_mask and scratch.warmup_epochs == 2.0
+    assert scratch.input_hw == (128, 313)  # the spectrogram as it is, not stretched to 224x224
+
+    fine_tune = config_for("resnet18", "data")  # ImageNet weights: the seed's fine-tuning settings
+    assert (fine_tune.optimizer, fine_tune.lr, fine_tune.epochs) == ("adam", MODEL_DEFAULTS["resnet18"]["lr"], 20)
+    assert fine_tune.input_hw is None and fine_tune.mixup_prob == 0.0
+    assert set(SCRATCH_DEFAULTS) == {"resnet18"}  # the others keep the recipes they were measured with
+
+
+def test_command_line_settings_and_the_demo_schedule_win_over_the_from_scratch_recipe():
+    from data.features import FeatureConfig
+    from train.config import config_for
+
+    cfg = config_for("resnet18", "data", pretrained=False, lr=5e-4, mixup_prob=0.0,
+                     features=FeatureConfig(n_mels=64))
+    assert (cfg.lr, cfg.mixup_prob, cfg.optimizer) == (5e-4, 0.0, "adamw")
+    assert cfg.input_hw == (64, 313)  # "native" follows the features
+
+    demo = config_for("resnet18", "data", "demo")
+    assert (demo.epochs, demo.lr, demo.optimizer, demo.input_hw) == (5, 1e-3, "adam", None)
+
+
+def test_input_hw_on_the_command_line_takes_pixels_or_native(tiny_dataset):
+    import argparse
+
+    from data.features import FeatureConfig
+    from train.__main__ import model_config, parse_args, parse_hw
+
+    assert parse_hw("160x320") == (160, 320) and parse_hw("native") == "native"
+    with pytest.raises(argparse.ArgumentTypeError, match="expected HxW in px .* got '160'"):
+        parse_hw("160")
+    args = parse_args(["--data", str(tiny_dataset), "--input-hw", "native", "--no-pretrained"])
+    assert model_config(args, "efficientnet_b0", FeatureConfig()).input_hw == (128, 313)
+    args = parse_args(["--data", str(tiny_dataset), "--input-hw", "96x200"])
+    assert model_config(args, "simple_cnn", FeatureConfig()).input_hw == (96, 200)

@@ -26,7 +26,7 @@ from train.report import format_table
 OVERRIDES = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "pretrained",
              "max_windows_per_recording", "holdout_fraction", "val_fraction", "num_workers", "mixup_prob",
              "spec_mask", "random_crop", "balance_power", "lr_schedule", "warmup_epochs", "ema_decay",
-             "channels_last", "amp")
+             "channels_last", "amp", "input_hw")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     levers.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="CUDA only")
     levers.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="mixed precision on CUDA")
+    p.add_argument("--input-hw", type=parse_hw, metavar="HxW|native",
+                   help="model input in px, e.g. 224x224; native: the features' own mel bins x frames "
+                        "(default per model in train/config.py)")
     p.add_argument("--windows-per-recording", type=int, dest="max_windows_per_recording",
                    help="train and validate on N windows of each recording (0: all)")
     p.add_argument("--holdout-fraction", type=float, help="share of recordings kept for make holdout")
@@ -71,6 +74,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="continue each model's latest killed run where it stopped (same config)")
     p.add_argument("--preprocess-workers", type=int, default=0, help="processes for preprocessing (0: all cores)")
     return p.parse_args(argv)
+
+
+def parse_hw(text: str) -> tuple[int, int] | str:
+    """'224x224' -> (224, 224); 'native' stays a word, resolved against the features later."""
+    if text == "native":
+        return text
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW in px (e.g. 224x224) or 'native', got {text!r}") from None
+    return (h, w)
 
 
 def unfinished_run(runs_dir: Path, model: str) -> Path | None:
