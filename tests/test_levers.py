@@ -267,3 +267,13 @@ def test_input_hw_on_the_command_line_takes_pixels_or_native(tiny_dataset):
     assert model_config(args, "efficientnet_b0", FeatureConfig()).input_hw == (128, 313)
     args = parse_args(["--data", str(tiny_dataset), "--input-hw", "96x200"])
     assert model_config(args, "simple_cnn", FeatureConfig()).input_hw == (96, 200)
+
+
+def test_power_mixing_is_switched_from_the_command_line(tiny_dataset):
+    from data.features import FeatureConfig
+    from train.__main__ import model_config, parse_args
+
+    default = parse_args(["--data", str(tiny_dataset)])
+    assert model_config(default, "simple_cnn", FeatureConfig()).power_mix_prob == 0.5
+    off = parse_args(["--data", str(tiny_dataset), "--power-mix-prob", "0"])
+    assert model_config(off, "simple_cnn", FeatureConfig()).power_mix_prob == 0.0

@@ -26,7 +26,7 @@ from train.report import format_table
 OVERRIDES = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "pretrained",
              "max_windows_per_recording", "holdout_fraction", "val_fraction", "num_workers", "mixup_prob",
              "spec_mask", "random_crop", "balance_power", "lr_schedule", "warmup_epochs", "ema_decay",
-             "channels_last", "amp", "input_hw")
+             "channels_last", "amp", "input_hw", "power_mix_prob")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet weights for torchvision models (default: on, off in the demo schedule)")
     levers = p.add_argument_group("training levers (defaults per model in train/config.py)")
+    levers.add_argument("--power-mix-prob", type=float,
+                        help="share of batches where a second window is added in power (0: off)")
     levers.add_argument("--mixup-prob", type=float, help="share of batches mixed up (0: off)")
     levers.add_argument("--spec-mask", action=argparse.BooleanOptionalAction, default=None,
                         help="time/frequency masking")
