@@ -40,7 +40,7 @@ NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv),,$(if $(filter $(abspa
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
 BENCH_ARGS  ?=
 STAMP := $(VENV)/.installed-$(ORT)
-# Free disk needed to build the venv (torch's CUDA build is most of it); checked before creating it
+# Free disk needed to build the venv (torch's CUDA build is 5.6 GB; pip needs room to unpack); checked first
 VENV_NEEDS_BYTES ?= 8000000000
 
 .PHONY: help venv data sample preprocess train export package score holdout demo test report \

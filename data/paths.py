@@ -79,11 +79,7 @@ def human_bytes(n: float) -> str:
     raise AssertionError
 
 
-# The venv holds torch's CUDA build (about 5.6 GB) plus everything else; pip also needs room to unpack.
-VENV_NEEDS_BYTES = 8_000_000_000
-
-
-def venv_space_problem(venv: Path, needed: int = VENV_NEEDS_BYTES) -> str | None:
+def venv_space_problem(venv: Path, needed: int) -> str | None:
     """The message for a venv that would not fit on its disk, or None when it fits."""
     available = free_bytes(venv)
     if available >= needed:
@@ -96,9 +92,9 @@ def venv_space_problem(venv: Path, needed: int = VENV_NEEDS_BYTES) -> str | None
     )
 
 
-if __name__ == "__main__":  # `python3 -m data.paths VENV [BYTES]`: the Makefile's check before building the venv
+if __name__ == "__main__":  # `python3 -m data.paths VENV BYTES`: the Makefile's check (VENV_NEEDS_BYTES)
     import sys
 
-    problem = venv_space_problem(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else VENV_NEEDS_BYTES)
+    problem = venv_space_problem(Path(sys.argv[1]), int(sys.argv[2]))
     if problem:
         sys.exit(f"error: {problem}")

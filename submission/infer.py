@@ -583,7 +583,7 @@ def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
     timing = write_submission(ensemble, competition / "test_soundscapes", competition / "sample_submission.csv",
                               out_csv, post, raw_csv, settings)
     report = {**timing.to_dict(), "total_s": time.perf_counter() - t0, "feature_workers": workers,
-              "model_threads": threads, "soundscape_workers": settings.parallel_soundscapes(ensemble.ms_per_window)}
+              "model_threads": threads, "soundscape_workers": pool}
     (working_dir / "timing.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out_csv}: {timing.soundscapes} soundscapes, {timing.windows} windows in {report['total_s']:.1f} s")
     return out_csv

@@ -117,8 +117,8 @@ def config_for(model: str, data_dir: str, schedule: str = "full", **overrides) -
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    values = {**MODEL_DEFAULTS.get(model, {}), **SCHEDULES[schedule].get(model, {}), **overrides}
-    values["pretrained"] = model in PRETRAINED_AVAILABLE and values.get("pretrained", True)
-    if not values["pretrained"] and schedule == "full" and model in SCRATCH_DEFAULTS:
-        values = {**MODEL_DEFAULTS[model], **SCRATCH_DEFAULTS[model], **overrides, "pretrained": False}
+    scheduled = {**SCHEDULES[schedule].get(model, {}), **overrides}
+    pretrained = model in PRETRAINED_AVAILABLE and scheduled.get("pretrained", True)
+    recipe = SCRATCH_DEFAULTS.get(model, {}) if not pretrained and schedule == "full" else {}
+    values = {**MODEL_DEFAULTS.get(model, {}), **recipe, **scheduled, "pretrained": pretrained}
     return TrainConfig(model=model, data_dir=str(data_dir), schedule=schedule, **values)
