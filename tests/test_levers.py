@@ -31,6 +31,35 @@ def test_the_warm_up_rises_linearly_and_the_cosine_ends_at_one_percent():
     assert lr_factor(50, 100, 0, "constant") == 1.0
 
 
+def one_cycle_lrs(warmup_epochs: float) -> list[float]:
+    from train.config import config_for
+    from train.optim import make_optimizer, make_scheduler
+
+    cfg = config_for("simple_cnn", "x", epochs=10, lr=1e-3, optimizer="adamw", lr_schedule="onecycle",
+                     warmup_epochs=warmup_epochs, pretrained=False)
+    opt = make_optimizer(cfg, torch.nn.Linear(2, 2).parameters())
+    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_one_cycle_rises_from_a_25th_to_the_learning_rate_at_30_percent_then_falls_near_zero():
+    lrs = one_cycle_lrs(warmup_epochs=0)
+    assert lrs[0] == pytest.approx(1e-3 / 25)
+    assert int(np.argmax(lrs)) == 29 and max(lrs) == pytest.approx(1e-3, rel=1e-3)
+    assert lrs[-1] < 1e-5
+    assert all(a >= b for a, b in zip(lrs[30:], lrs[31:]))
+
+
+def test_one_cycle_uses_the_warm_up_epochs_as_its_rising_phase():
+    lrs = one_cycle_lrs(warmup_epochs=2)
+    assert int(np.argmax(lrs)) == 19
+
+
 def test_the_ema_moves_each_weight_a_ramped_share_towards_the_model():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
@@ -146,6 +175,20 @@ def test_cross_validation_folds_validate_each_recording_exactly_once(tiny_datase
     assert sorted(seen) == sorted(meta.filename)
 
 
+def test_cv_folds_runs_only_the_named_folds_and_says_so(tiny_dataset, capsys):
+    from data.paths import Workspace
+    from train.__main__ import main
+
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--epochs", "1", "--cv", "3",
+                 "--cv-folds", "1", "--holdout-fraction", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "3-fold cross-validation grouped by recording (mean ± std over folds, folds 1 only)" in out
+    runs = sorted(p.name for p in (Workspace.of(tiny_dataset).runs_dir / "cv").iterdir() if p.name.startswith("simple_cnn"))
+    assert runs and all(name.endswith("-fold1") for name in runs)
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--cv", "3", "--cv-folds", "3"]) == 1
+    assert "--cv-folds must be between 0 and 2, got [3]" in capsys.readouterr().err
+
+
 def test_a_run_with_every_lever_on_resumes_exactly_after_a_kill(tiny_dataset, tmp_path, monkeypatch):
     import train.loop as loop
     from data.features import FeatureConfig
@@ -233,11 +276,12 @@ def test_torchvision_models_without_imagenet_weights_get_the_from_scratch_recipe
     scratch = config_for("resnet18", "data", pretrained=False)
     assert (scratch.optimizer, scratch.lr, scratch.lr_schedule, scratch.epochs) == ("adamw", 1e-3, "cosine", 40)
     assert scratch.mixup_prob == 0.5 and scratch.spec_mask and scratch.warmup_epochs == 2.0
+    assert scratch.power_mix_prob == 0.0  # measured better without it on realbirds' folds
     assert scratch.input_hw == (128, 313)  # the spectrogram as it is, not stretched to 224x224
 
     fine_tune = config_for("resnet18", "data")  # ImageNet weights: the seed's fine-tuning settings
     assert (fine_tune.optimizer, fine_tune.lr, fine_tune.epochs) == ("adam", MODEL_DEFAULTS["resnet18"]["lr"], 20)
-    assert fine_tune.input_hw is None and fine_tune.mixup_prob == 0.0
+    assert fine_tune.input_hw is None and fine_tune.mixup_prob == 0.0 and fine_tune.power_mix_prob == 0.5
     assert set(SCRATCH_DEFAULTS) == {"resnet18"}  # the others keep the recipes they were measured with
 
 

@@ -17,7 +17,7 @@ from data.layout import LayoutError
 from data.paths import Workspace
 from data.preprocess import PreprocessConfig, ensure_cache
 from train import dist
-from train.config import SCHEDULES, TrainConfig, config_for
+from train.config import LR_SCHEDULES, SCHEDULES, TrainConfig, config_for
 from train.loop import fit
 from train.models import DEFAULT_MODELS, MODEL_NAMES
 from train.report import format_table
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     levers.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=None,
                         help="train on windows from anywhere in each recording, new ones every epoch")
     levers.add_argument("--balance-power", type=float, help="class-balanced sampling (0: off, 1: classes equal)")
-    levers.add_argument("--lr-schedule", choices=["constant", "cosine"])
+    levers.add_argument("--lr-schedule", choices=LR_SCHEDULES)
     levers.add_argument("--warmup-epochs", type=float)
     levers.add_argument("--ema-decay", type=float, help="EMA of the weights (0: off; e.g. 0.999)")
     levers.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="CUDA only")
@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--cv", type=int, default=0, metavar="K",
                    help="K-fold cross-validation grouped by recording (same folds as `make floor`)")
+    p.add_argument("--cv-folds", type=int, nargs="+", metavar="K",
+                   help="with --cv: run only these folds (0-based), e.g. to split a long cross-validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default: 0 on CPU, 4 on CUDA)")
@@ -149,18 +151,22 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
     is the unbiased figure: the best epoch is chosen on the fold it is scored on)."""
     if args.cv < 2:
         raise ValueError(f"--cv needs at least 2 folds, got {args.cv}")
+    fold_ids = args.cv_folds if args.cv_folds is not None else list(range(args.cv))
+    if not all(0 <= k < args.cv for k in fold_ids):
+        raise ValueError(f"--cv-folds must be between 0 and {args.cv - 1}, got {fold_ids}")
     features = FeatureConfig(denoise=args.denoise)
     cv_dir = Workspace.of(Path(args.data)).runs_dir / "cv"
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))
     lines = []
     for model in args.models:
         folds = []
-        for k in range(args.cv):
+        for k in fold_ids:
             cfg = model_config(args, model, features, folds=args.cv, fold=k)
             summary = fit(cfg, cache_for(args, cfg, d), cv_dir / f"{model}-{stamp}-fold{k}", d=d)
             folds.append(summary)
         lines.append(cv_line(model, folds))
-    print(f"\n{args.cv}-fold cross-validation grouped by recording (mean ± std over folds):")
+    which = "" if len(fold_ids) == args.cv else f", folds {' '.join(map(str, fold_ids))} only"
+    print(f"\n{args.cv}-fold cross-validation grouped by recording (mean ± std over folds{which}):")
     print(f"{'model':16s} {'best-epoch acc':>15s} {'best-epoch AUC':>15s} {'last-epoch acc':>15s} {'last-epoch AUC':>15s}")
     print("\n".join(lines))
     return 0
