@@ -175,9 +175,11 @@ def test_cross_validation_folds_validate_each_recording_exactly_once(tiny_datase
     assert sorted(seen) == sorted(meta.filename)
 
 
-def test_cv_folds_runs_only_the_named_folds_and_says_so(tiny_dataset, capsys):
+def test_cv_folds_runs_only_the_named_folds_and_says_so(tiny_dataset, tmp_path, monkeypatch, capsys):
     from data.paths import Workspace
     from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))  # its own runs folder: the chain's stays as it is
 
     assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--epochs", "1", "--cv", "3",
                  "--cv-folds", "1", "--holdout-fraction", "0", "--device", "cpu"]) == 0

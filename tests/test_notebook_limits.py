@@ -122,7 +122,7 @@ def test_the_guard_has_cheaper_levels_for_ensembles_and_denoised_features(model)
 
 
 def test_an_ensemble_averages_or_takes_the_minimum_of_its_models(chain, model, tmp_path):
-    other_run = next(p for p in chain.runs_dir.iterdir() if p.is_dir() and model.meta["run"] != p.name)
+    other_run = next(p for p in chain.runs_dir.iterdir() if (p / "config.json").exists() and model.meta["run"] != p.name)
     export_run(other_run, tmp_path / "other")
     other = KitModel.load(tmp_path / "other" / "model.onnx", threads=1)
     feats = np.random.default_rng(0).random((5, *model.features.shape), dtype=np.float32)
