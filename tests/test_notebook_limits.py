@@ -1,5 +1,7 @@
 """The notebook under Kaggle's limits: bad test files still get their rows, the guard keeps the
 deadline, ensembles combine models."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from export.to_onnx import export_run
 from submission.infer import (
     Ensemble, KitModel, RunSettings, levels_for, soundscape_features, write_submission,
 )
+from train.report import finished_runs
 
 SR = 32_000
 
@@ -122,7 +125,7 @@ def test_the_guard_has_cheaper_levels_for_ensembles_and_denoised_features(model)
 
 
 def test_an_ensemble_averages_or_takes_the_minimum_of_its_models(chain, model, tmp_path):
-    other_run = next(p for p in chain.runs_dir.iterdir() if (p / "config.json").exists() and model.meta["run"] != p.name)
+    other_run = next(Path(r["dir"]) for r in finished_runs(chain.runs_dir) if Path(r["dir"]).name != model.meta["run"])
     export_run(other_run, tmp_path / "other")
     other = KitModel.load(tmp_path / "other" / "model.onnx", threads=1)
     feats = np.random.default_rng(0).random((5, *model.features.shape), dtype=np.float32)

@@ -151,7 +151,7 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
     is the unbiased figure: the best epoch is chosen on the fold it is scored on)."""
     if args.cv < 2:
         raise ValueError(f"--cv needs at least 2 folds, got {args.cv}")
-    fold_ids = args.cv_folds if args.cv_folds is not None else list(range(args.cv))
+    fold_ids = sorted(set(args.cv_folds)) if args.cv_folds else list(range(args.cv))  # a fold once: one folder each
     if not all(0 <= k < args.cv for k in fold_ids):
         raise ValueError(f"--cv-folds must be between 0 and {args.cv - 1}, got {fold_ids}")
     features = FeatureConfig(denoise=args.denoise)

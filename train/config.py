@@ -20,7 +20,7 @@ MODEL_DEFAULTS = {
 # ResNet18 without ImageNet weights: the seed's fine-tuning rate (1e-4) starves a network that
 # starts from noise. This is the reference from-scratch recipe (AdamW, warm-up then cosine, mixup,
 # spec masks, 40 epochs), measured on realbirds' folds in the README. Power mixing is off in it:
-# on the folds it cost resnet18 0.04-0.06 window accuracy in three folds of five. "native" feeds the
+# it cost resnet18 0.04-0.06 window accuracy in four folds of five and helped in none. "native" feeds the
 # spectrogram at its own mel bins x frames instead of stretching it to an ImageNet square.
 # inception_v3 and efficientnet_b0 keep their seed recipes until the recipe is measured on them.
 SCRATCH_RECIPE = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, lr_schedule="cosine", warmup_epochs=2.0,

@@ -35,7 +35,8 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
 
     constant/cosine: a LambdaLR with cfg.warmup_epochs of linear warm-up. onecycle: torch's
     OneCycleLR peaking at cfg.lr (from lr/25, down to lr/25e4, momentum cycled 0.95 -> 0.85 -> 0.95)
-    with cfg.warmup_epochs as its rising phase, or torch's 30% when there is none."""
+    with cfg.warmup_epochs as its rising phase (at most half the run: the fall needs steps of its
+    own), or torch's 30% when there is none."""
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.lr_schedule == "onecycle":
