@@ -1,5 +1,6 @@
 """`make bench-preprocess`: the CLI runs end to end on a tiny synthetic input."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -70,3 +71,62 @@ def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_ka
     assert row["overhead"] == row["pipeline_s"] / row["model_all_cores_s"]
     assert 0.05 < row["peak_gb"] < 4 and 0.05 < row["kaggle_peak_gb"] < 4
     assert f"{row['kaggle_peak_gb']:13.2f} {row['projected_min']:12.1f}" in text
+
+
+def test_bench_train_times_the_real_loop_across_epochs_against_the_ceiling(tiny_dataset, capsys):
+    from bench.train import main
+    from data.paths import output_root
+
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--device", "cpu", "--steps", "12",
+                 "--warmup", "1", "--num-workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "bench-train on CPU" in text and "ceiling samples/s" in text
+    (row,) = json.loads((output_root() / "bench" / "out" / "train.json").read_text())["rows"]
+    assert row["model"] == "simple_cnn" and row["workers"] == 1 and row["steps"] == 12
+    assert row["real_samples_per_s"] > 0 and row["ceiling_samples_per_s"] > 0
+    assert row["ratio"] == row["real_samples_per_s"] / row["ceiling_samples_per_s"]
+    assert f"{row['ratio']:6.2f}" in text
+
+
+NO_AUDIO_PYTHON = '''"""python without the audio libraries, as on the lent GPU machines: their imports fail."""
+import os
+import runpy
+import sys
+
+sys.path[0] = os.getcwd()  # as `python -m` has it
+for name in ("librosa", "soundfile", "noisereduce", "kaggle"):
+    sys.modules[name] = None  # `import name` now raises ImportError
+flag, target, *rest = sys.argv[1:]
+sys.argv = [target, *rest]
+runpy.run_module(target, run_name="__main__", alter_sys=True) if flag == "-m" else exec(target)
+'''
+
+
+def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(tiny_dataset, tmp_path):
+    from data.features import FeatureConfig
+    from data.paths import output_root
+    from data.preprocess import PreprocessConfig, ensure_cache
+
+    ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
+    script = str(REPO / "bench" / "gpu_check.sh")
+    staged = subprocess.run(["bash", script, "stage", str(tiny_dataset)], capture_output=True, text=True, check=True)
+    assert "carry data/gpu/" in staged.stdout
+    data = output_root() / "data" / "gpu" / tiny_dataset.name
+    assert {p.name for p in data.iterdir()} == {p.name for p in tiny_dataset.glob("*.csv")} | {"train_audio"}
+    assert not any((data / "train_audio").iterdir())  # the CSVs travel, the audio does not
+
+    (tmp_path / "noaudio.py").write_text(NO_AUDIO_PYTHON)
+    env = {**os.environ, "PYTHON": f"{sys.executable} {tmp_path / 'noaudio.py'}", "DEVICE": "cpu", "STEPS": "2",
+           "WARMUP": "1", "MODELS": "simple_cnn", "CV_MODELS": "simple_cnn", "TRAIN_ARGS": "--epochs 1"}
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", script, "run", str(data), str(out), "600"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    steps = (out / "steps.txt").read_text()
+    for name in ("bench_train", "bench_train_no_workers", "train", "cv_simple_cnn", "report"):
+        assert f"== {name}: exit 0 after" in steps, run.stdout[-3000:]
+    assert "PyTorch version" in (out / "gpu.txt").read_text()
+    assert json.loads((out / "bench_train_no_workers.json").read_text())["rows"][0]["workers"] == 0
+    configs = sorted(out.rglob("config.json"))
+    assert len(configs) == 6  # one single-split run and five folds, copied without their checkpoints
+    assert all(json.loads(c.read_text())["device"] == "cpu" for c in configs)
+    assert len(list(out.rglob("*.png"))) >= 6 and not list(out.rglob("*.pt"))

@@ -105,8 +105,9 @@ def test_the_epoch_order_depends_on_seed_and_epoch_only():
     a.set_epoch(2)
     b.set_epoch(2)
     assert list(a) == list(b) and len(list(a)) == len(a) == 5
+    assert {epoch for epoch, _ in a} == {2}  # each batch key carries its epoch to the workers
     b.set_epoch(3)
-    assert list(a) != list(b)
+    assert [batch for _, batch in a] != [batch for _, batch in b]
     assert sorted(a.indices()) == list(range(40))  # a plain epoch is a permutation
 
 
@@ -154,6 +155,21 @@ def test_random_crops_take_other_windows_of_the_same_recording_each_epoch(tiny_d
     assert torch.equal(x[0], torch.from_numpy(np.array(tiny_cache.windows[ds.rows_for(long[:1])[0]])))
     plain = CachedWindows(tiny_cache, ws)
     assert np.array_equal(plain.rows_for(np.arange(len(ws))), ws.rows)
+
+
+def test_persistent_workers_crop_each_epoch_as_the_main_process_would(tiny_dataset, tiny_cache):
+    from train.data import loader
+
+    splits, _ = tiny_splits(tiny_dataset, tiny_cache, max_windows_per_recording=1)
+    ds = CachedWindows(tiny_cache, splits.train, random_crop=True, seed=0)
+    sampler = EpochSampler(len(splits.train), 4, seed=0)
+    batches = loader(ds, sampler, num_workers=1, pin_memory=False)
+    assert batches.persistent_workers
+    for epoch in range(3):  # the worker starts once and only the key tells it the epoch
+        sampler.set_epoch(epoch)
+        for (_, idx), (x, _, _) in zip(sampler, batches):
+            rows = ds.rows_for(np.asarray(idx), epoch)
+            assert torch.equal(x, torch.from_numpy(np.array(tiny_cache.windows[rows])))
 
 
 def test_the_slots_of_one_recording_never_repeat_a_window_within_an_epoch(tiny_dataset, tiny_cache):

@@ -7,14 +7,25 @@ from __future__ import annotations
 import torch
 
 
+def _to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A small CPU tensor of random draws moved to `like`'s device without stalling it.
+
+    The draws come from the run's CPU generator, so a resumed run replays them on any device. A
+    plain .to("cuda") from pageable memory waits for the GPU to finish its queue, every step;
+    from pinned memory the copy is queued like a kernel."""
+    if like.device.type != "cuda":
+        return t
+    return t.pin_memory().to(like.device, non_blocking=True)
+
+
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, union_targets: bool, gen: torch.Generator):
     """Blend each window with another of the batch.
 
     x [B, M, T], y [B, C] -> mixed x, mixed y. Targets are the union (max) of both windows' labels
     for sigmoid training (both species are present), the blend for softmax training."""
-    lam = torch.distributions.Beta(alpha, alpha).sample((len(x),)).to(x.device)  # [B]
+    lam = _to(torch.distributions.Beta(alpha, alpha).sample((len(x),)), x)  # [B]
     lam = torch.maximum(lam, 1 - lam)  # the first window stays dominant
-    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    perm = _to(torch.randperm(len(x), generator=gen), x)
     x = lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x[perm]
     if union_targets:
         y = torch.maximum(y, y[perm])
@@ -31,8 +42,8 @@ def power_mix(x: torch.Tensor, y: torch.Tensor, snr_db_range: tuple[float, float
     Undo the scaling, add the other window's power at a random level `snr_db` below, redo the
     scaling. Targets become the union of both windows' labels (both birds are audible)."""
     lo, hi = snr_db_range
-    snr_db = lo + (hi - lo) * torch.rand(len(x), generator=gen).to(x.device)  # [B]
-    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    snr_db = lo + (hi - lo) * _to(torch.rand(len(x), generator=gen), x)  # [B]
+    perm = _to(torch.randperm(len(x), generator=gen), x)
     power = torch.pow(10.0, (x - 1.0) * top_db / 10.0)  # [B, M, T], peak 1
     mixed = power + torch.pow(10.0, -snr_db / 10.0).view(-1, 1, 1) * power[perm]
     db = 10.0 * torch.log10(mixed / mixed.amax(dim=(1, 2), keepdim=True))
@@ -49,6 +60,6 @@ def spec_mask(x: torch.Tensor, gen: torch.Generator, max_time_frac: float = 0.15
         start = (torch.rand(b, generator=gen) * (size - width)).long()
         pos = torch.arange(size).view(1, -1)
         band = (pos >= start.view(-1, 1)) & (pos < (start + width).view(-1, 1))  # [B, size]
-        band = band.to(x.device)
+        band = _to(band, x)
         x = x.masked_fill(band.unsqueeze(1) if dim == 2 else band.unsqueeze(2), 0.0)
     return x

@@ -89,6 +89,7 @@ def autocast_for(device: torch.device, enabled: bool):
 class EpochResult:
     train_loss: float
     samples_per_s: float
+    samples: int = 0  # this process's windows
 
 
 def augment(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
@@ -135,7 +136,7 @@ def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen:
             ema.update(dist.unwrap(model))
         n += len(x)
     total = torch.stack(losses).sum().item() if losses else 0.0  # one device sync per epoch
-    return EpochResult(total / max(n, 1), n * world / (time.perf_counter() - t0))
+    return EpochResult(total / max(n, 1), n * world / (time.perf_counter() - t0), n)
 
 
 @torch.no_grad()

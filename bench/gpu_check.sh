@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU check of the kit, for a machine whose python already has torch, torchvision, pandas,
+# matplotlib and onnx but no .venv, no audio libraries and no internet (the lent GPU machines of
+# the tool library's `device`, or any CUDA box). It trains from a preprocessed feature cache that
+# travels with the code, so no audio is decoded there.
+#
+#   here:  bench/gpu_check.sh stage ../shared/realbirds
+#          -> data/gpu/realbirds/ (the dataset's CSVs only) beside data/cache/realbirds/
+#          carry both paths: data/gpu/realbirds and data/cache/realbirds (42 MB for realbirds)
+#   there: bench/gpu_check.sh run data/gpu/realbirds "$OUT" 480
+#          -> in priority order, each step in what is left of 480 s: make bench-train with the
+#             training default workers, then with none; the four models trained from scratch;
+#             5-fold cross-validation model by model, as many folds as time leaves. Logs, the
+#             bench table, every run's config, history, learning curves and split land in $OUT.
+set -u
+mode=${1:?usage: bench/gpu_check.sh stage DATA | run DATA OUT [SECONDS]}
+data=${2:?give the dataset folder}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+root=${BIRDKIT_ROOT:-$repo}  # where the kit keeps caches, runs and bench output
+PY=${PYTHON:-python3}
+MODELS=${MODELS:-simple_cnn resnet18 inception_v3 efficientnet_b0}
+DEVICE=${DEVICE:-cuda}  # cpu: a dry run of this script (the tests do that)
+STEPS=${STEPS:-200}  # timed steps of bench-train per model
+WARMUP=${WARMUP:-10}  # untimed steps first: workers start, cuDNN picks its kernels
+TRAIN_ARGS=${TRAIN_ARGS:-}
+
+if [ "$mode" = stage ]; then
+    name=$(basename "$(cd "$data" && pwd)")
+    cache="$root/data/cache/$name"
+    [ -d "$cache" ] || { echo "no feature cache at $cache: run 'make preprocess DATA=$data' first" >&2; exit 1; }
+    mkdir -p "$root/data/gpu/$name/train_audio"
+    cp "$data"/*.csv "$root/data/gpu/$name/"
+    echo "staged: carry data/gpu/$name and data/cache/$name ($(du -sh "$cache" | cut -f1))"
+    exit 0
+fi
+[ "$mode" = run ] || { echo "mode must be stage or run, got $mode" >&2; exit 2; }
+out=${3:?give the folder for results}
+budget_s=${4:-480}
+start=$(date +%s)
+left() { echo $((budget_s - ($(date +%s) - start))); }
+mkdir -p "$out" "$data/train_audio"  # the layout check wants the folder; the cache has the audio's features
+cd "$repo"
+
+step() {  # step NAME COMMAND...: run it within what is left of the budget, log it, go on whatever happens
+    local name=$1; shift
+    local t=$(left)
+    if [ "$t" -lt 20 ]; then echo "== $name: skipped, ${t}s left" | tee -a "$out/steps.txt"; return; fi
+    echo "== $name ($t s left): $*" | tee -a "$out/steps.txt"
+    local t0=$(date +%s)
+    timeout "$t" "$@" > "$out/$name.log" 2>&1
+    echo "== $name: exit $? after $(($(date +%s) - t0)) s" | tee -a "$out/steps.txt"
+    tail -n 12 "$out/$name.log"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -m torch.utils.collect_env
+} > "$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+
+step bench_train $PY -m bench.train --data "$data" --models $MODELS --device $DEVICE --steps $STEPS --warmup $WARMUP
+cp "$root/bench/out/train.json" "$out/bench_train.json" 2>/dev/null
+step bench_train_no_workers $PY -m bench.train --data "$data" --models $MODELS --device $DEVICE --steps $STEPS \
+    --warmup $WARMUP --num-workers 0
+cp "$root/bench/out/train.json" "$out/bench_train_no_workers.json" 2>/dev/null
+step train $PY -m train --data "$data" --models $MODELS --no-pretrained --device $DEVICE $TRAIN_ARGS
+for model in ${CV_MODELS-inception_v3 efficientnet_b0 resnet18 simple_cnn}; do  # the CPU could not afford the first two
+    step "cv_$model" $PY -m train --data "$data" --models "$model" --no-pretrained --device $DEVICE --cv 5 \
+        --holdout-fraction 0 $TRAIN_ARGS
+done
+step report $PY -m train.report --data "$data"
+
+# What a person reads afterwards: no checkpoints (hundreds of MB), everything else of each run.
+runs="$root/train/runs/$(basename "$data")"
+(cd "$runs" 2>/dev/null && find . -type f \( -name '*.json' -o -name '*.png' -o -name '*.csv' \) \
+    -exec cp --parents {} "$out/" \;)
+echo "done in $(($(date +%s) - start)) s; results in $out"

@@ -1,0 +1,64 @@
+"""Batch augmentations: what each does to windows and targets, and that the run's generator
+decides it (a resumed run replays the same augmentations)."""
+import torch
+
+from train.augment import mixup, power_mix, spec_mask
+
+
+def batch(b=6, m=16, t=40, c=5):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(b, m, t, generator=g)  # features scaled to [0, 1]
+    labels = torch.arange(b) % c
+    return x, torch.nn.functional.one_hot(labels, c).float()
+
+
+def test_mixup_keeps_the_first_window_dominant_and_unites_the_labels_for_sigmoid_training():
+    x, y = batch()
+    torch.manual_seed(0)
+    mx, my = mixup(x, y, alpha=0.5, union_targets=True, gen=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)  # replay the draws: lam from torch's generator, the partner from the run's
+    lam = torch.distributions.Beta(0.5, 0.5).sample((len(x),))
+    lam = torch.maximum(lam, 1 - lam).view(-1, 1, 1)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    assert torch.all(lam >= 0.5)
+    assert torch.allclose(mx, lam * x + (1 - lam) * x[perm])
+    assert torch.equal(my, torch.maximum(y, y[perm]))  # both species are present
+
+
+def test_mixup_for_softmax_training_blends_targets_that_still_sum_to_one():
+    x, y = batch()
+    torch.manual_seed(0)
+    _, my = mixup(x, y, alpha=0.5, union_targets=False, gen=torch.Generator().manual_seed(1))
+    assert torch.allclose(my.sum(1), torch.ones(len(y)))
+    assert torch.all(my.max(1).values >= 0.5)  # the first window's label keeps at least half
+
+
+def test_power_mixing_adds_a_quieter_window_and_stays_in_the_feature_range():
+    x, y = batch()
+    mx, my = power_mix(x, y, (0.0, 15.0), top_db=80.0, gen=torch.Generator().manual_seed(2))
+    assert mx.min() >= 0 and mx.max() <= 1 and torch.all(my >= y)
+    assert torch.all(mx.amax((1, 2)) == 1.0)  # each window is rescaled to its own peak
+    far_below, _ = power_mix(x, y, (200.0, 200.0), top_db=80.0, gen=torch.Generator().manual_seed(2))
+    own_peak_at_one = (x - x.amax((1, 2), keepdim=True) + 1).clamp(0, 1)  # 200 dB down: inaudible
+    assert torch.allclose(far_below, own_peak_at_one, atol=1e-4)
+
+
+def test_spec_mask_silences_one_time_band_and_one_mel_band_per_window():
+    x = torch.ones(4, 16, 40)
+    masked = spec_mask(x, torch.Generator().manual_seed(3), max_time_frac=0.25, max_freq_frac=0.25)
+    zero = masked == 0
+    assert masked.shape == x.shape and torch.all(masked[~zero] == 1)
+    for w in zero:
+        cols, rows = w.all(0).sum().item(), w.all(1).sum().item()  # fully silenced frames, mel bins
+        assert cols <= 10 and rows <= 4
+        assert torch.equal(w, w.all(0, keepdim=True) | w.all(1, keepdim=True))  # only whole bands
+
+
+def test_the_same_generator_state_gives_the_same_augmentations():
+    x, y = batch()
+    a = spec_mask(x, torch.Generator().manual_seed(7))
+    b = spec_mask(x, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    pa = power_mix(x, y, (0.0, 15.0), 80.0, torch.Generator().manual_seed(7))
+    pb = power_mix(x, y, (0.0, 15.0), 80.0, torch.Generator().manual_seed(7))
+    assert torch.equal(pa[0], pb[0]) and torch.equal(pa[1], pb[1])
