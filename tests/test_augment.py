@@ -62,3 +62,25 @@ def test_the_same_generator_state_gives_the_same_augmentations():
     pa = power_mix(x, y, (0.0, 15.0), 80.0, torch.Generator().manual_seed(7))
     pb = power_mix(x, y, (0.0, 15.0), 80.0, torch.Generator().manual_seed(7))
     assert torch.equal(pa[0], pb[0]) and torch.equal(pa[1], pb[1])
+
+
+def test_a_time_shift_rolls_each_window_whole_by_at_most_the_share_given():
+    from train.augment import time_shift
+
+    x = torch.arange(4 * 3 * 20, dtype=torch.float32).view(4, 3, 20)
+    shifted = time_shift(x, torch.Generator().manual_seed(4), max_frac=0.25)
+    for w, s in zip(x, shifted):
+        rolls = [k for k in range(-5, 6) if torch.equal(torch.roll(w, k, dims=1), s)]
+        assert len(rolls) == 1  # a circular shift of every mel bin together, of at most 5 of 20 frames
+    assert not torch.equal(shifted, x)
+    assert torch.equal(time_shift(x, torch.Generator().manual_seed(4), max_frac=0.0), x)
+
+
+def test_a_time_shift_beyond_the_window_is_refused_with_the_valid_range():
+    import pytest
+
+    from train.config import config_for
+
+    assert config_for("simple_cnn", "data", time_shift=0.5).time_shift == 0.5
+    with pytest.raises(ValueError, match=r"share of the window in \[0, 1\]"):
+        config_for("simple_cnn", "data", time_shift=1.5)

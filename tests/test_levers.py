@@ -339,3 +339,13 @@ def test_power_mixing_is_switched_from_the_command_line(tiny_dataset):
     assert model_config(default, "simple_cnn", FeatureConfig()).power_mix_prob == 0.5
     off = parse_args(["--data", str(tiny_dataset), "--power-mix-prob", "0"])
     assert model_config(off, "simple_cnn", FeatureConfig()).power_mix_prob == 0.0
+
+
+def test_the_time_shift_is_switched_from_the_command_line(tiny_dataset):
+    from data.features import FeatureConfig
+    from train.__main__ import model_config, parse_args
+
+    default = parse_args(["--data", str(tiny_dataset)])
+    assert model_config(default, "simple_cnn", FeatureConfig()).time_shift == 0.0
+    on = parse_args(["--data", str(tiny_dataset), "--time-shift", "0.5"])
+    assert model_config(on, "simple_cnn", FeatureConfig()).time_shift == 0.5

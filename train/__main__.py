@@ -26,7 +26,7 @@ from train.report import format_table
 OVERRIDES = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "pretrained",
              "max_windows_per_recording", "holdout_fraction", "val_fraction", "num_workers", "mixup_prob",
              "spec_mask", "random_crop", "balance_power", "lr_schedule", "warmup_epochs", "ema_decay",
-             "channels_last", "amp", "input_hw", "power_mix_prob")
+             "channels_last", "amp", "input_hw", "power_mix_prob", "time_shift")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     levers.add_argument("--mixup-prob", type=float, help="share of batches mixed up (0: off)")
     levers.add_argument("--spec-mask", action=argparse.BooleanOptionalAction, default=None,
                         help="time/frequency masking")
+    levers.add_argument("--time-shift", type=float, metavar="FRAC",
+                        help="roll each window in time by up to FRAC of its length (0: off)")
     levers.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=None,
                         help="train on windows from anywhere in each recording, new ones every epoch")
     levers.add_argument("--balance-power", type=float, help="class-balanced sampling (0: off, 1: classes equal)")

@@ -1,7 +1,9 @@
 """Batch augmentations on feature windows [B, n_mels, n_frames], on the training device.
 
-Both are cheap tensor ops that top BirdCLEF solutions found worth it: mixup teaches the
-overlapping calls of soundscapes; time/frequency masking teaches robustness to masked calls."""
+Cheap tensor ops that top BirdCLEF solutions found worth it: mixup teaches the overlapping calls
+of soundscapes; time/frequency masking teaches robustness to masked calls; a time shift moves the
+call within its window (most recordings of a small dataset are one window long, so random crops
+have nothing else to offer them)."""
 from __future__ import annotations
 
 import torch
@@ -63,3 +65,12 @@ def spec_mask(x: torch.Tensor, gen: torch.Generator, max_time_frac: float = 0.15
         band = _to(band, x)
         x = x.masked_fill(band.unsqueeze(1) if dim == 2 else band.unsqueeze(2), 0.0)
     return x
+
+
+def time_shift(x: torch.Tensor, gen: torch.Generator, max_frac: float) -> torch.Tensor:
+    """Each window rolled along time by up to ±max_frac of its frames: x [B, M, T] -> [B, M, T].
+    Circular, as if the recording looped; a soundscape's window starts anywhere in a call."""
+    b, _, t = x.shape
+    shift = ((torch.rand(b, generator=gen) * 2 - 1) * max_frac * t).long()  # [B] frames
+    src = (torch.arange(t).view(1, -1) - shift.view(-1, 1)) % t  # [B, T]: out[:, :, j] = x[:, :, src[j]]
+    return x.gather(2, _to(src, x).unsqueeze(1).expand_as(x))

@@ -55,6 +55,7 @@ class TrainConfig:
     power_mix_prob: float = 0.5  # share of batches where windows are added to others in power
     power_mix_snr_db: tuple[float, float] = (0.0, 15.0)  # level of the added window below the first
     spec_mask: bool = False  # one random time band and one mel band zeroed per window
+    time_shift: float = 0.0  # each window rolled in time by up to this share of its frames; 0 off
     random_crop: bool = False  # each epoch, training windows drawn from anywhere in the recording
     balance_power: float = 0.0  # class-balanced sampling: weight (class windows)^-power; 0 off, 1 equal
     lr_schedule: str = "constant"  # constant | cosine (per step, to 1% of lr at the end) | onecycle (torch's)
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off; 0.999 is typical), got {self.ema_decay}")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold must be in [0, {self.folds}), got {self.fold}")
+        if not 0 <= self.time_shift <= 1:
+            raise ValueError(f"time_shift is a share of the window in [0, 1] (0: off, 0.5: up to half), got {self.time_shift}")
         if self.balance_power < 0:
             raise ValueError(f"balance_power must be >= 0 (0: off, 0.5: half way, 1: classes equal), got {self.balance_power}")
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from train import dist
 from data.layout import class_change, class_list, read_metadata
 from data.preprocess import FeatureCache
-from train.augment import mixup, power_mix, spec_mask
+from train.augment import mixup, power_mix, spec_mask, time_shift
 from train.config import TrainConfig
 from train.data import CachedWindows, EpochSampler, balance_weights, loader, make_splits
 from train.metrics import accuracy, macro_roc_auc
@@ -93,6 +93,8 @@ class EpochResult:
 
 
 def augment(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+    if cfg.time_shift > 0:
+        x = time_shift(x, gen, cfg.time_shift)
     if cfg.spec_mask:
         x = spec_mask(x, gen)
     if cfg.mixup_prob > 0 and torch.rand(1, generator=gen).item() < cfg.mixup_prob:
