@@ -10,7 +10,7 @@
 #   there: bench/gpu_check.sh run data/gpu/realbirds "$OUT" 480
 #          -> in priority order, each step in what is left of 480 s: make bench-train with the
 #             training default workers, then with none; the four models trained from scratch;
-#             5-fold cross-validation model by model, as many folds as time leaves. Logs, the
+#             5-fold cross-validation model by model (CV_RUNS), as many folds as time leaves. Logs, the
 #             bench table, every run's config, history, learning curves and split land in $OUT.
 set -u
 mode=${1:?usage: bench/gpu_check.sh stage DATA | run DATA OUT [SECONDS]}
@@ -39,6 +39,7 @@ budget_s=${4:-480}
 start=$(date +%s)
 left() { echo $((budget_s - ($(date +%s) - start))); }
 mkdir -p "$out" "$data/train_audio"  # the layout check wants the folder; the cache has the audio's features
+touch "$out/.started"  # what this check writes is newer
 cd "$repo"
 
 step() {  # step NAME COMMAND...: run it within what is left of the budget, log it, go on whatever happens
@@ -63,14 +64,16 @@ step bench_train_no_workers $PY -m bench.train --data "$data" --models $MODELS -
     --warmup $WARMUP --num-workers 0
 cp "$root/bench/out/train.json" "$out/bench_train_no_workers.json" 2>/dev/null
 step train $PY -m train --data "$data" --models $MODELS --no-pretrained --device $DEVICE $TRAIN_ARGS
-for model in ${CV_MODELS-inception_v3 efficientnet_b0 resnet18 simple_cnn}; do  # the CPU could not afford the first two
-    step "cv_$model" $PY -m train --data "$data" --models "$model" --no-pretrained --device $DEVICE --cv 5 \
-        --holdout-fraction 0 $TRAIN_ARGS
+# model:recipe, most wanted first: the kit's default, then the two the CPU could not afford, with
+# the reference's from-scratch recipe and with their own.
+for run in ${CV_RUNS-resnet18:auto efficientnet_b0:scratch inception_v3:scratch simple_cnn:auto efficientnet_b0:seed inception_v3:seed}; do
+    step "cv_${run/:/_}" $PY -m train --data "$data" --models "${run%%:*}" --recipe "${run##*:}" --no-pretrained \
+        --device $DEVICE --cv 5 --holdout-fraction 0 $TRAIN_ARGS
 done
 step report $PY -m train.report --data "$data"
 
-# What a person reads afterwards: no checkpoints (hundreds of MB), everything else of each run.
+# What a person reads afterwards: no checkpoints (hundreds of MB), everything else of this check's runs.
 runs="$root/train/runs/$(basename "$data")"
-(cd "$runs" 2>/dev/null && find . -type f \( -name '*.json' -o -name '*.png' -o -name '*.csv' \) \
+(cd "$runs" 2>/dev/null && find . -type f -newer "$out/.started" \( -name '*.json' -o -name '*.png' -o -name '*.csv' \) \
     -exec cp --parents {} "$out/" \;)
 echo "done in $(($(date +%s) - start)) s; results in $out"

@@ -102,11 +102,12 @@ runpy.run_module(target, run_name="__main__", alter_sys=True) if flag == "-m" el
 '''
 
 
-def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(tiny_dataset, tmp_path):
+def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(tiny_dataset, tmp_path, monkeypatch):
     from data.features import FeatureConfig
     from data.paths import output_root
     from data.preprocess import PreprocessConfig, ensure_cache
 
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))  # its runs stay out of the shared chain's folder
     ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
     script = str(REPO / "bench" / "gpu_check.sh")
     staged = subprocess.run(["bash", script, "stage", str(tiny_dataset)], capture_output=True, text=True, check=True)
@@ -117,12 +118,12 @@ def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(
 
     (tmp_path / "noaudio.py").write_text(NO_AUDIO_PYTHON)
     env = {**os.environ, "PYTHON": f"{sys.executable} {tmp_path / 'noaudio.py'}", "DEVICE": "cpu", "STEPS": "2",
-           "WARMUP": "1", "MODELS": "simple_cnn", "CV_MODELS": "simple_cnn", "TRAIN_ARGS": "--epochs 1"}
+           "WARMUP": "1", "MODELS": "simple_cnn", "CV_RUNS": "simple_cnn:auto", "TRAIN_ARGS": "--epochs 1"}
     out = tmp_path / "out"
     run = subprocess.run(["bash", script, "run", str(data), str(out), "600"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     steps = (out / "steps.txt").read_text()
-    for name in ("bench_train", "bench_train_no_workers", "train", "cv_simple_cnn", "report"):
+    for name in ("bench_train", "bench_train_no_workers", "train", "cv_simple_cnn_auto", "report"):
         assert f"== {name}: exit 0 after" in steps, run.stdout[-3000:]
     assert "PyTorch version" in (out / "gpu.txt").read_text()
     assert json.loads((out / "bench_train_no_workers.json").read_text())["rows"][0]["workers"] == 0

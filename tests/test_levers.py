@@ -303,6 +303,21 @@ def test_torchvision_models_without_imagenet_weights_get_the_from_scratch_recipe
     assert set(SCRATCH_DEFAULTS) == {"resnet18"}  # the others keep the recipes they were measured with
 
 
+def test_a_recipe_can_be_forced_for_any_model_from_the_command_line(tiny_dataset):
+    from data.features import FeatureConfig
+    from train.__main__ import model_config, parse_args
+    from train.config import MODEL_DEFAULTS
+
+    args = parse_args(["--data", str(tiny_dataset), "--no-pretrained", "--recipe", "scratch", "--epochs", "7"])
+    eff = model_config(args, "efficientnet_b0", FeatureConfig())
+    assert (eff.optimizer, eff.lr_schedule, eff.mixup_prob, eff.spec_mask, eff.input_hw) == (
+        "adamw", "cosine", 0.5, True, (128, 313))
+    assert eff.epochs == 7  # the command line still wins
+    seed = model_config(parse_args(["--data", str(tiny_dataset), "--no-pretrained", "--recipe", "seed"]),
+                        "resnet18", FeatureConfig())
+    assert (seed.optimizer, seed.lr, seed.input_hw) == ("adam", MODEL_DEFAULTS["resnet18"]["lr"], None)
+
+
 def test_command_line_settings_and_the_demo_schedule_win_over_the_from_scratch_recipe():
     from data.features import FeatureConfig
     from train.config import config_for

@@ -17,7 +17,7 @@ from data.layout import LayoutError
 from data.paths import Workspace
 from data.preprocess import PreprocessConfig, ensure_cache
 from train import dist
-from train.config import LR_SCHEDULES, SCHEDULES, TrainConfig, config_for
+from train.config import LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, config_for
 from train.loop import fit
 from train.models import DEFAULT_MODELS, MODEL_NAMES
 from train.report import format_table
@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODEL_NAMES, metavar="MODEL",
                    help=f"any of {', '.join(MODEL_NAMES)} (default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--schedule", default="full", choices=sorted(SCHEDULES), help="demo: short CPU schedule")
+    p.add_argument("--recipe", default="auto", choices=RECIPES,
+                   help="hyperparameters to start from: auto (the from-scratch recipe where it measured better "
+                        "without ImageNet weights, else the seed's), seed, or scratch for any model")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per process under torchrun")
     p.add_argument("--lr", type=float)
@@ -114,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def model_config(args: argparse.Namespace, model: str, features: FeatureConfig, **extra) -> TrainConfig:
     overrides = {k: getattr(args, k) for k in OVERRIDES}
-    return config_for(model, str(Path(args.data).resolve()), args.schedule, features=features, seed=args.seed,
-                      device=args.device, **overrides, **extra)
+    return config_for(model, str(Path(args.data).resolve()), args.schedule, recipe=args.recipe, features=features,
+                      seed=args.seed, device=args.device, **overrides, **extra)
 
 
 def cache_for(args: argparse.Namespace, cfg: TrainConfig, d: dist.Dist) -> Path:

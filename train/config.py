@@ -35,6 +35,9 @@ DEMO_SCHEDULE = {
     "efficientnet_b0": dict(epochs=5, pretrained=False),
 }
 SCHEDULES = {"full": {}, "demo": DEMO_SCHEDULE}
+# Which hyperparameters a model starts from: auto = the from-scratch recipe where it was measured
+# better (SCRATCH_DEFAULTS, without ImageNet weights), else the seed's; the other two force one.
+RECIPES = ("auto", "seed", "scratch")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 
 
@@ -116,14 +119,21 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def config_for(model: str, data_dir: str, schedule: str = "full", **overrides) -> TrainConfig:
+def config_for(model: str, data_dir: str, schedule: str = "full", recipe: str = "auto", **overrides) -> TrainConfig:
     """Defaults, then the model's seed hyperparameters (or, without ImageNet weights in the full
-    schedule, the from-scratch recipe), then the schedule, then overrides."""
+    schedule, the from-scratch recipe; `recipe` forces either), then the schedule, then overrides."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     scheduled = {**SCHEDULES[schedule].get(model, {}), **overrides}
     pretrained = model in PRETRAINED_AVAILABLE and scheduled.get("pretrained", True)
-    recipe = SCRATCH_DEFAULTS.get(model, {}) if not pretrained and schedule == "full" else {}
-    values = {**MODEL_DEFAULTS.get(model, {}), **recipe, **scheduled, "pretrained": pretrained}
+    if recipe == "scratch":
+        chosen = {**SCRATCH_RECIPE, "input_hw": "native"}
+    elif recipe == "auto" and not pretrained and schedule == "full":
+        chosen = SCRATCH_DEFAULTS.get(model, {})
+    else:
+        chosen = {}
+    values = {**MODEL_DEFAULTS.get(model, {}), **chosen, **scheduled, "pretrained": pretrained}
     return TrainConfig(model=model, data_dir=str(data_dir), schedule=schedule, **values)
