@@ -39,6 +39,7 @@ budget_s=${4:-480}
 start=$(date +%s)
 left() { echo $((budget_s - ($(date +%s) - start))); }
 mkdir -p "$out" "$data/train_audio"  # the layout check wants the folder; the cache has the audio's features
+out=$(cd "$out" && pwd); data=$(cd "$data" && pwd)  # both stay valid after the cd below
 touch "$out/.started"  # what this check writes is newer
 cd "$repo"
 
