@@ -21,7 +21,7 @@ from data.paths import output_root
 from data.preprocess import PreprocessConfig, ensure_cache
 from train.config import config_for
 from train.loop import (
-    augment, batch_targets, make_optimizer, prepare, select_device, setup_model, train_epoch, train_step,
+    augment, batch_targets, make_optimizer, make_scaler, prepare, select_device, setup_model, train_epoch, train_step,
 )
 from train.models import DEFAULT_MODELS, MODEL_NAMES
 
@@ -34,7 +34,7 @@ def _sync(device: torch.device) -> None:
 def ceiling(model, cfg, n_classes: int, device, steps: int, warmup: int) -> float:
     """samples/s of train_step on random batches resident on the device."""
     optimizer = make_optimizer(cfg, model.parameters())
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported())
+    scaler = make_scaler(cfg, device)
     x = torch.rand(cfg.batch_size, *cfg.features.shape, device=device)
     labels = torch.randint(0, n_classes, (cfg.batch_size,), device=device)
     y = batch_targets(cfg, labels, torch.nn.functional.one_hot(labels, n_classes).float())
@@ -54,7 +54,7 @@ def real(model, cfg, data, device, steps: int, warmup: int) -> float:
     """samples/s of the real loop over the cache, epoch after epoch as training runs them (warm-up
     steps first, untimed: they start the persistent workers and let cuDNN pick its kernels)."""
     optimizer = make_optimizer(cfg, model.parameters())
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported())
+    scaler = make_scaler(cfg, device)
     gen = torch.Generator().manual_seed(0)
     train_epoch(model, data.train_loader, cfg, optimizer, device, scaler, gen, max_steps=warmup)
     _sync(device)

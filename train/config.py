@@ -25,7 +25,8 @@ MODEL_DEFAULTS = {
 # inception_v3 and efficientnet_b0 keep their seed recipes until the recipe is measured on them.
 SCRATCH_RECIPE = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, lr_schedule="cosine", warmup_epochs=2.0,
                       mixup_prob=0.5, power_mix_prob=0.0, spec_mask=True, epochs=40, batch_size=32)
-SCRATCH_DEFAULTS = {"resnet18": {**SCRATCH_RECIPE, "input_hw": "native"}}
+SCRATCH_NATIVE = {**SCRATCH_RECIPE, "input_hw": "native"}  # the recipe with the unstretched spectrogram
+SCRATCH_DEFAULTS = {"resnet18": SCRATCH_NATIVE}
 
 # The demo's short CPU schedule: minutes on two cores, no downloads.
 DEMO_SCHEDULE = {
@@ -130,7 +131,7 @@ def config_for(model: str, data_dir: str, schedule: str = "full", recipe: str = 
     scheduled = {**SCHEDULES[schedule].get(model, {}), **overrides}
     pretrained = model in PRETRAINED_AVAILABLE and scheduled.get("pretrained", True)
     if recipe == "scratch":
-        chosen = {**SCRATCH_RECIPE, "input_hw": "native"}
+        chosen = SCRATCH_NATIVE
     elif recipe == "auto" and not pretrained and schedule == "full":
         chosen = SCRATCH_DEFAULTS.get(model, {})
     else:

@@ -301,12 +301,16 @@ def setup_model(cfg: TrainConfig, num_classes: int, device: torch.device, pretra
     return model
 
 
+def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling only for fp16 autocast on CUDA; bf16 and fp32 need none (a no-op scaler)."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported())
+
+
 def new_state(cfg: TrainConfig, data: Prepared, device: torch.device, d: dist.Dist, pretrained: bool) -> TrainState:
     model = setup_model(cfg, len(data.classes), device, pretrained)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     optimizer = make_optimizer(cfg, model.parameters())
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
-                                  and not torch.cuda.is_bf16_supported())
+    scaler = make_scaler(cfg, device)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * d.rank)  # each process its own augmentations
     return TrainState(dist.wrap(d, model, device), optimizer, make_scheduler(cfg, optimizer, len(data.train_loader)),
                       scaler, aug_gen, ema, [])
