@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - torch| accepted")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--top", type=int, default=1, help="also export the next best runs (ensemble candidates)")
+    p.add_argument("--activation", choices=["sigmoid", "softmax"],
+                   help="ship this output activation instead of the run's own (its recorded val metrics "
+                        "stay the run's); measure the change with `make score`")
     args = p.parse_args(argv)
     ws = Workspace.of(args.data)
     if args.run is None and not finished_runs(ws.runs_dir):
@@ -29,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         train_main(["--data", str(args.data)])
     try:
         if args.run:
-            report = export_run(args.run, ws.export_dir, atol=args.atol, opset=args.opset)
+            report = export_run(args.run, ws.export_dir, atol=args.atol, opset=args.opset,
+                                activation=args.activation)
             (ws.export_dir / "export.json").write_text(json.dumps({**report, "ensemble": []}, indent=2) + "\n")
         else:
-            report = export_best(ws.runs_dir, ws.export_dir, top=args.top, atol=args.atol, opset=args.opset)
+            report = export_best(ws.runs_dir, ws.export_dir, top=args.top, atol=args.atol, opset=args.opset,
+                                 activation=args.activation)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ class ExportError(RuntimeError):
 
 
 class WithActivation(nn.Module):
-    """The trained network plus the activation its loss implies: outputs probabilities."""
+    """The trained network plus its output activation (TrainConfig.output_activation): outputs probabilities."""
 
     def __init__(self, model: nn.Module, activation: str):
         super().__init__()
@@ -67,8 +67,9 @@ def choose_best_run(runs_dir: Path) -> Path:
     return Path(ranked_runs(runs_dir)[0]["dir"])
 
 
-def load_run(run_dir: Path) -> LoadedRun:
-    """Rebuild the model from the run's config.json and load its best checkpoint."""
+def load_run(run_dir: Path, activation: str | None = None) -> LoadedRun:
+    """Rebuild the model from the run's config.json and load its best checkpoint. activation
+    (sigmoid | softmax) replaces the run's own output activation when given."""
     cfg = TrainConfig.load(run_dir / "config.json")
     ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     classes = ckpt["classes"]
@@ -79,8 +80,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     check_classes_still_match(run_dir, Path(cfg.data_dir), classes)
     model = build_model(cfg.model, len(classes), pretrained=False, input_hw=cfg.input_hw)
     model.load_state_dict(ckpt["model_state"])
-    activation = "sigmoid" if cfg.loss == "bce" else "softmax"
-    net = WithActivation(model, activation).eval()
+    net = WithActivation(model, activation or cfg.output_activation()).eval()
     return LoadedRun(run_dir, cfg, classes, ckpt, net)
 
 
@@ -117,6 +117,7 @@ def metadata(run: LoadedRun) -> dict[str, str]:
         "features": json.dumps(cfg.features.to_dict(), sort_keys=True),
         "features_version": str(FEATURES_VERSION),
         "activation": run.net.activation,
+        "val_activation": run.cfg.output_activation(),  # what val_accuracy / val_roc_auc were measured with
         "input_name": INPUT_NAME,
         "val_accuracy": f"{metrics['val_accuracy']:.6f}",
         "val_roc_auc": f"{metrics['val_roc_auc']:.6f}",
@@ -178,10 +179,10 @@ def ort_ms_per_window(path: Path, windows: np.ndarray, threads: int = 2, repeats
 
 
 def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int = 18,
-               filename: str = "model.onnx") -> dict:
+               filename: str = "model.onnx", activation: str | None = None) -> dict:
     """Export run_dir's best checkpoint to out_dir/filename; refuse if onnxruntime and torch
     disagree by more than atol. Returns the export report."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, activation)
     windows = check_windows(run)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{filename}.tmp"
@@ -205,14 +206,15 @@ def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int =
     }
 
 
-def export_best(runs_dir: Path, out_dir: Path, *, top: int = 1, atol: float = 1e-4, opset: int = 18) -> dict:
+def export_best(runs_dir: Path, out_dir: Path, *, top: int = 1, atol: float = 1e-4, opset: int = 18,
+                activation: str | None = None) -> dict:
     """The best run -> out_dir/model.onnx; with top > 1 the next best -> model-2.onnx, ... too
     (candidates for an ensemble). Writes export.json: the best model's report, the others under
     'ensemble'."""
     runs = ranked_runs(runs_dir)
     for stale in out_dir.glob("model-*.onnx"):  # candidates of an earlier export
         stale.unlink()
-    reports = [export_run(Path(r["dir"]), out_dir, atol=atol, opset=opset,
+    reports = [export_run(Path(r["dir"]), out_dir, atol=atol, opset=opset, activation=activation,
                           filename="model.onnx" if k == 0 else f"model-{k + 1}.onnx")
                for k, r in enumerate(runs[:top])]
     report = {**reports[0], "ensemble": reports[1:]}

@@ -28,6 +28,22 @@ def test_each_run_folder_records_config_metrics_curves_and_best_checkpoint(chain
         assert json.loads((run / "config.json").read_text())["model"] == run.name.split("-")[0]
 
 
+def test_the_last_epochs_logits_are_kept_and_reproduce_its_recorded_metrics(chain):
+    import torch
+
+    from train.loop import probabilities
+    from train.metrics import accuracy, macro_roc_auc
+
+    for run in (p for p in chain.runs_dir.iterdir() if p.is_dir()):
+        last = np.load(run / "val_last.npz")
+        row = pd.read_csv(run / "metrics.csv").iloc[-1]
+        assert int(last["epoch"]) == row.epoch
+        probs = probabilities("sigmoid", torch.from_numpy(last["logits"])).numpy()  # the chain trains with bce
+        y = np.eye(probs.shape[1], dtype=np.int8)[last["label_idx"]]
+        assert accuracy(last["label_idx"], probs) == pytest.approx(row.val_accuracy, abs=1e-6)
+        assert macro_roc_auc(y, probs) == pytest.approx(row.val_roc_auc, abs=1e-6)
+
+
 def test_validation_recordings_never_appear_in_training(chain):
     for split in chain.runs_dir.glob("*/split.json"):
         s = json.loads(split.read_text())

@@ -364,3 +364,40 @@ def test_the_time_shift_is_switched_from_the_command_line(tiny_dataset):
     assert model_config(default, "simple_cnn", FeatureConfig()).time_shift == 0.0
     on = parse_args(["--data", str(tiny_dataset), "--time-shift", "0.5"])
     assert model_config(on, "simple_cnn", FeatureConfig()).time_shift == 0.5
+
+
+def test_the_output_activation_follows_the_loss_unless_chosen():
+    from train.config import config_for
+    from train.loop import probabilities
+
+    assert config_for("simple_cnn", "x").output_activation() == "sigmoid"  # bce
+    assert config_for("simple_cnn", "x", loss="ce").output_activation() == "softmax"
+    assert config_for("simple_cnn", "x", activation="softmax").output_activation() == "softmax"
+    with pytest.raises(ValueError, match="activation must be one of auto, sigmoid, softmax"):
+        config_for("simple_cnn", "x", activation="relu")
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    assert probabilities("softmax", logits).sum().item() == pytest.approx(1.0)
+    assert probabilities("sigmoid", logits)[0, 0].item() == pytest.approx(1 / (1 + math.exp(-2)))
+
+
+def test_the_activation_is_switched_from_the_command_line(tiny_dataset):
+    from data.features import FeatureConfig
+    from train.__main__ import model_config, parse_args
+
+    on = parse_args(["--data", str(tiny_dataset), "--activation", "softmax"])
+    assert model_config(on, "simple_cnn", FeatureConfig()).activation == "softmax"
+
+
+def test_export_can_ship_another_activation_and_records_which_the_metrics_used(chain, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from export.to_onnx import check_windows, export_run, load_run
+
+    run = _copy_run(chain, tmp_path)
+    report = export_run(run, tmp_path / "out", activation="softmax")
+    meta = {p.key: p.value for p in onnx.load(report["onnx"]).metadata_props}
+    assert (meta["activation"], meta["val_activation"]) == ("softmax", "sigmoid")
+    windows = check_windows(load_run(run))
+    out = ort.InferenceSession(report["onnx"]).run(None, {meta["input_name"]: windows})[0]
+    assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)  # each window's classes share one unit

@@ -17,7 +17,7 @@ from data.layout import LayoutError
 from data.paths import Workspace
 from data.preprocess import PreprocessConfig, ensure_cache
 from train import dist
-from train.config import LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, config_for
+from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, config_for
 from train.loop import fit
 from train.models import DEFAULT_MODELS, MODEL_NAMES
 from train.report import format_table
@@ -26,7 +26,7 @@ from train.report import format_table
 OVERRIDES = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "pretrained",
              "max_windows_per_recording", "holdout_fraction", "val_fraction", "num_workers", "mixup_prob",
              "spec_mask", "random_crop", "balance_power", "lr_schedule", "warmup_epochs", "ema_decay",
-             "channels_last", "amp", "input_hw", "power_mix_prob", "time_shift")
+             "channels_last", "amp", "input_hw", "power_mix_prob", "time_shift", "activation")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--loss", choices=["ce", "bce"])
+    p.add_argument("--activation", choices=ACTIVATIONS,
+                   help="logits -> probabilities for validation, export and submission (auto: sigmoid for bce, "
+                        "softmax for ce)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet weights for torchvision models (default: on, off in the demo schedule)")
     levers = p.add_argument_group("training levers (defaults per model in train/config.py)")

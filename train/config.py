@@ -40,6 +40,10 @@ SCHEDULES = {"full": {}, "demo": DEMO_SCHEDULE}
 # better (SCRATCH_DEFAULTS, without ImageNet weights), else the seed's; the other two force one.
 RECIPES = ("auto", "seed", "scratch")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
+# How logits become the probabilities that are validated, exported and submitted. auto follows the
+# loss (bce: sigmoid, ce: softmax); softmax over a bce model's logits ranks each window's classes
+# against each other, which is what a focal recording or a one-bird window asks for.
+ACTIVATIONS = ("auto", "sigmoid", "softmax")
 
 
 @dataclass
@@ -53,6 +57,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     loss: str = "bce"  # bce: sigmoid, primary + secondary labels | ce: softmax over the primary label
+    activation: str = "auto"  # output probabilities: auto (the loss's) | sigmoid | softmax
     aux_loss_weight: float = 0.4  # Inception's auxiliary head
     mixup_prob: float = 0.0  # share of batches blended with a shuffled copy of themselves
     mixup_alpha: float = 0.5
@@ -89,6 +94,8 @@ class TrainConfig:
         self.power_mix_snr_db = tuple(self.power_mix_snr_db)
         if self.loss not in ("ce", "bce"):
             raise ValueError(f"loss must be 'ce' or 'bce', got {self.loss!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -101,6 +108,12 @@ class TrainConfig:
             raise ValueError(f"time_shift is a share of the window in [0, 1] (0: off, 0.5: up to half), got {self.time_shift}")
         if self.balance_power < 0:
             raise ValueError(f"balance_power must be >= 0 (0: off, 0.5: half way, 1: classes equal), got {self.balance_power}")
+
+    def output_activation(self) -> str:
+        """sigmoid or softmax: what turns this run's logits into the probabilities it reports and ships."""
+        if self.activation != "auto":
+            return self.activation
+        return "sigmoid" if self.loss == "bce" else "softmax"
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -73,9 +73,9 @@ def loss_fn(cfg: TrainConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Te
     return F.cross_entropy(logits, y)  # y: class probabilities (soft after mixup)
 
 
-def probabilities(loss: str, logits: torch.Tensor) -> torch.Tensor:
-    """The activation the exported model applies: softmax for ce, sigmoid for bce."""
-    return torch.sigmoid(logits) if loss == "bce" else torch.softmax(logits, dim=-1)
+def probabilities(activation: str, logits: torch.Tensor) -> torch.Tensor:
+    """[B, C] logits -> probabilities, as the exported model computes them (TrainConfig.output_activation)."""
+    return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=-1)
 
 
 def autocast_for(device: torch.device, enabled: bool):
@@ -143,9 +143,9 @@ def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen:
 
 @torch.no_grad()
 def predict(model, loader, cfg: TrainConfig, device) -> tuple[float, np.ndarray]:
-    """(mean loss, probabilities [n, classes]) over a loader, in eval mode."""
+    """(mean loss, logits [n, classes]) over a loader, in eval mode."""
     model.eval()
-    total, n, probs = 0.0, 0, []
+    total, n, out = 0.0, 0, []
     for x, labels, targets in loader:  # [B, M, T], [B], [B, C]
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
         x = x.float()
@@ -153,8 +153,8 @@ def predict(model, loader, cfg: TrainConfig, device) -> tuple[float, np.ndarray]
             logits = model(x).float()
         total += loss_fn(cfg, logits, batch_targets(cfg, labels, targets)).item() * len(x)
         n += len(x)
-        probs.append(probabilities(cfg.loss, logits).cpu().numpy())
-    return total / max(n, 1), np.concatenate(probs)
+        out.append(logits.cpu())
+    return total / max(n, 1), torch.cat(out).numpy()
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -323,7 +323,8 @@ def run_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch
     data.set_epoch(epoch)
     tr = train_epoch(state.model, data.train_loader, cfg, state.optimizer, device, state.scaler, state.aug_gen,
                      scheduler=state.scheduler, ema=state.ema, world=d.world)
-    val_loss, probs = predict(state.evaluated, data.val_loader, cfg, device)
+    val_loss, logits = predict(state.evaluated, data.val_loader, cfg, device)
+    probs = probabilities(cfg.output_activation(), torch.from_numpy(logits)).numpy()
     val = data.splits.val
     row = {
         "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,
@@ -342,8 +343,10 @@ def run_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch
         state.best = row
     if d.main:
         _write_history(state.history, run_dir, cfg)
+        # The latest epoch's logits: any activation can be scored afterwards from them.
+        np.savez_compressed(run_dir / "val_last.npz", logits=logits, label_idx=val.label_idx, epoch=epoch)
         if improved:
-            _save_best(state.evaluated, cfg, data.classes, row, probs, val, run_dir)
+            _save_best(state.evaluated, cfg, data.classes, row, probs, logits, val, run_dir)
         state.save(run_dir / "last.pt", data.classes)
     dist.barrier(d)
 
@@ -362,11 +365,12 @@ def _write_history(history: list[dict], run_dir: Path, cfg: TrainConfig) -> None
     plot_curves(df, run_dir / "curves.png", f"{cfg.model} on {Path(cfg.data_dir).name}")
 
 
-def _save_best(model, cfg: TrainConfig, classes: list[str], row: dict, probs: np.ndarray, val, run_dir: Path) -> None:
+def _save_best(model, cfg: TrainConfig, classes: list[str], row: dict, probs: np.ndarray, logits: np.ndarray, val,
+               run_dir: Path) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     _atomic_torch_save({"model_state": state, "config": cfg.to_dict(), "classes": classes,
                         "epoch": row["epoch"], "metrics": row}, run_dir / "best.pt")
-    np.savez_compressed(run_dir / "val_predictions.npz", probs=probs.astype(np.float32),
+    np.savez_compressed(run_dir / "val_predictions.npz", probs=probs.astype(np.float32), logits=logits,
                         label_idx=val.label_idx, filenames=val.filenames)
 
 
