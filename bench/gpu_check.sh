@@ -73,8 +73,9 @@ for run in ${CV_RUNS-resnet18:auto efficientnet_b0:scratch inception_v3:scratch 
 done
 step report $PY -m train.report --data "$data"
 
-# What a person reads afterwards: no checkpoints (hundreds of MB), everything else of this check's runs.
+# What a person reads afterwards: no checkpoints (hundreds of MB), everything else of this check's runs
+# (the validation logits too: another activation can be scored from them here).
 runs="$root/train/runs/$(basename "$data")"
-(cd "$runs" 2>/dev/null && find . -type f -newer "$out/.started" \( -name '*.json' -o -name '*.png' -o -name '*.csv' \) \
+(cd "$runs" 2>/dev/null && find . -type f -newer "$out/.started" \( -name '*.json' -o -name '*.png' -o -name '*.csv' -o -name '*.npz' \) \
     -exec cp --parents {} "$out/" \;)
 echo "done in $(($(date +%s) - start)) s; results in $out"

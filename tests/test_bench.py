@@ -131,3 +131,4 @@ def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(
     assert len(configs) == 6  # one single-split run and five folds, copied without their checkpoints
     assert all(json.loads(c.read_text())["device"] == "cpu" for c in configs)
     assert len(list(out.rglob("*.png"))) >= 6 and not list(out.rglob("*.pt"))
+    assert len(list(out.rglob("val_last.npz"))) == 6  # the logits, to score other activations afterwards
