@@ -130,8 +130,16 @@ class Ensemble:
         return sum(m.ms_per_window for m in self.models)
 
     def predict(self, feats: np.ndarray) -> np.ndarray:
-        probs = np.stack([m.predict(feats) for m in self.models])  # [models, n, classes]
-        return probs.mean(axis=0) if self.combine == "mean" else probs.min(axis=0)
+        return combine_probs(self.member_probs(feats), self.combine)
+
+    def member_probs(self, feats: np.ndarray) -> np.ndarray:
+        """[n, n_mels, n_frames] -> [models, n, classes]: each member's own probabilities."""
+        return np.stack([m.predict(feats) for m in self.models])
+
+
+def combine_probs(stack: np.ndarray, how: str) -> np.ndarray:
+    """[models, n, classes] -> [n, classes] by the ensemble's rule (mean or min)."""
+    return stack.mean(axis=0) if how == "mean" else stack.min(axis=0)
 
 
 # ------------------------------------------------------------------------------------ features
@@ -241,13 +249,15 @@ def _init_soundscape_worker(onnx_paths: list[str]) -> None:
 
 def _score_soundscape(path: Path, cfg: FeatureConfig, model_idx: list[int] | None, combine: str, n_classes: int):
     """In a worker: decode -> features -> model(s) for one soundscape. Returns the features'
-    record (without the features: only probabilities travel back), probabilities and model seconds."""
+    record (without the features: only probabilities travel back), each model's probabilities
+    [models, n_windows, classes] and model seconds."""
     sf_ = soundscape_features(path, cfg, skip=model_idx is None)
-    if sf_.feats is None or model_idx is None:
-        return replace(sf_, feats=None), np.zeros((sf_.n_windows, n_classes), np.float32), 0.0, 0
+    if sf_.feats is None or model_idx is None:  # no features or no model: zeros, one slice per model of the level
+        zeros = np.zeros((len(model_idx or [0]), sf_.n_windows, n_classes), np.float32)
+        return replace(sf_, feats=None), zeros, 0.0, 0
     t0 = time.perf_counter()
-    probs = Ensemble([_WORKER_MODELS[i] for i in model_idx], combine).predict(sf_.feats)
-    return replace(sf_, feats=None), probs, time.perf_counter() - t0, len(sf_.feats)
+    stack = Ensemble([_WORKER_MODELS[i] for i in model_idx], combine).member_probs(sf_.feats)
+    return replace(sf_, feats=None), stack, time.perf_counter() - t0, len(sf_.feats)
 
 
 class SoundscapePool:
@@ -273,10 +283,10 @@ class SoundscapePool:
         combine = level.predictor.combine if level.predictor is not None else "mean"
         future = self.pool.submit(_score_soundscape, path, level.features or self.ensemble.features, idx, combine,
                                   len(self.ensemble.classes))
-        return future, level.name
+        return future, level
 
     def results(self, timing: "Timing"):
-        """(path, level name, probabilities [n_windows, classes]) per soundscape, in order."""
+        """(path, level, each model's probabilities [models, n_windows, classes]) per soundscape, in order."""
         pending: deque = deque()
         try:
             for path in self.paths:
@@ -289,12 +299,12 @@ class SoundscapePool:
             self.pool.shutdown(cancel_futures=True)
 
     @staticmethod
-    def _take(future, level_name: str, timing: "Timing"):
-        sf_, probs, model_s, windows = future.result()
+    def _take(future, level: "Level", timing: "Timing"):
+        sf_, stack, model_s, windows = future.result()
         _account(sf_, timing)
         timing.model_s += model_s
         timing.windows += windows
-        return sf_.path, level_name, probs
+        return sf_.path, level, stack
 
 
 # ------------------------------------------------------------------------------------ guard
@@ -305,6 +315,16 @@ class Level:
     name: str
     predictor: Ensemble | None  # None: no model, empty rows
     features: FeatureConfig | None
+
+    def combine(self, stack: np.ndarray) -> np.ndarray:
+        """[models of this level, n, classes] -> [n, classes]; a level with no model gives its zeros."""
+        return combine_probs(stack, self.predictor.combine if self.predictor else "mean")
+
+    def member(self, model: KitModel, stack: np.ndarray) -> np.ndarray:
+        """One model's probabilities [n, classes] at this level; a model this level left out
+        gets what the submission got (the level's combined probabilities)."""
+        models = self.predictor.models if self.predictor else []
+        return stack[models.index(model)] if model in models else self.combine(stack)
 
 
 def levels_for(ensemble: Ensemble) -> list[Level]:
@@ -476,32 +496,46 @@ def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path
                      settings: RunSettings = RunSettings()) -> Timing:
     """Stream submission.csv to disk, one soundscape at a time (bounded memory). An empty or
     missing test folder still gives a valid file: the header. raw_csv, when given, receives the
-    probabilities before post-processing (to measure what it gains)."""
+    probabilities before post-processing (to measure what it gains) and, for an ensemble, each
+    member's own in raw_member_csv(raw_csv, k) (to measure what ensembling gains)."""
     columns = [c for c in pd.read_csv(sample_submission, nrows=0).columns if c != "row_id"]
     paths = list_soundscapes(test_dir)
     timing = Timing()
     guard = Guard(settings.deadline_s, len(paths), levels_for(ensemble))
+
+    def rows(stem: str, probs: np.ndarray) -> pd.DataFrame:
+        return submission_rows(stem, probs, ensemble.classes, columns, ensemble.features)
+
     out = CsvStream(out_csv, columns)
     raw = CsvStream(raw_csv, columns) if raw_csv else None
-    for i, (path, level_name, probs) in enumerate(_scored(paths, ensemble, guard, timing, settings), 1):
-        out.write(submission_rows(path.stem, post(probs), ensemble.classes, columns, ensemble.features))
+    members = ([CsvStream(raw_member_csv(raw_csv, k), columns) for k in range(len(ensemble.models))]
+               if raw_csv and len(ensemble.models) > 1 else [])
+    for i, (path, level, stack) in enumerate(_scored(paths, ensemble, guard, timing, settings), 1):
+        probs = level.combine(stack)
+        out.write(rows(path.stem, post(probs)))
         if raw:
-            raw.write(submission_rows(path.stem, probs, ensemble.classes, columns, ensemble.features))
+            raw.write(rows(path.stem, probs))
+        for model, stream in zip(ensemble.models, members):
+            stream.write(rows(path.stem, level.member(model, stack)))
         timing.soundscapes += 1
-        timing.levels[level_name] = timing.levels.get(level_name, 0) + 1
+        timing.levels[level.name] = timing.levels.get(level.name, 0) + 1
         guard.record(i)
         if i % 50 == 0 or i == len(paths):
             print(f"{i}/{len(paths)} soundscapes", flush=True)
-    out.close()
-    if raw:
-        raw.close()
+    for stream in [out, *([raw] if raw else []), *members]:
+        stream.close()
     timing.switches = guard.switches
     return timing
 
 
+def raw_member_csv(raw_csv: Path, k: int) -> Path:
+    """Where ensemble member k's raw probabilities go beside raw_csv (k = the manifest's model_files index)."""
+    return raw_csv.with_name(f"{raw_csv.stem}_model-{k + 1}{raw_csv.suffix}")
+
+
 def _scored(paths: list[Path], ensemble: Ensemble, guard: Guard, timing: Timing, settings: RunSettings):
-    """(path, level name, probabilities) per soundscape, in order: from a SoundscapePool, or from
-    feature workers feeding the model in this process."""
+    """(path, level, each model's probabilities [models, n, classes]) per soundscape, in order:
+    from a SoundscapePool, or from feature workers feeding the model in this process."""
     n_pool = settings.parallel_soundscapes(ensemble.ms_per_window)
     if n_pool > 0 and len(paths) > 1:
         yield from SoundscapePool(paths, ensemble, guard, n_pool).results(timing)
@@ -509,7 +543,7 @@ def _scored(paths: list[Path], ensemble: Ensemble, guard: Guard, timing: Timing,
     workers, _ = settings.resolved()
     for sf_ in FeatureStream(paths, lambda: guard.job(ensemble.features), workers):
         level = guard.current
-        yield sf_.path, level.name, _predict(level, sf_, len(ensemble.classes), timing)
+        yield sf_.path, level, _predict(level, sf_, len(ensemble.classes), timing)
 
 
 def _account(sf_: SoundscapeFeatures, timing: Timing) -> None:
@@ -522,15 +556,15 @@ def _account(sf_: SoundscapeFeatures, timing: Timing) -> None:
 
 
 def _predict(level: Level, sf_: SoundscapeFeatures, n_classes: int, timing: Timing) -> np.ndarray:
-    """[n_windows, classes] for one soundscape at the guard's current level."""
+    """[models, n_windows, classes] for one soundscape at the guard's current level."""
     _account(sf_, timing)
-    if sf_.feats is None or level.predictor is None:
-        return np.zeros((sf_.n_windows, n_classes), np.float32)
+    if sf_.feats is None or level.predictor is None:  # zeros, one slice per model of the level
+        return np.zeros((len(level.predictor.models) if level.predictor else 1, sf_.n_windows, n_classes), np.float32)
     t0 = time.perf_counter()
-    probs = level.predictor.predict(sf_.feats)
+    stack = level.predictor.member_probs(sf_.feats)
     timing.model_s += time.perf_counter() - t0
     timing.windows += len(sf_.feats)
-    return probs
+    return stack
 
 
 def find_competition(input_dir: Path, slug: str) -> Path:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from data.features import FeatureConfig, row_end_seconds
 from data.paths import Workspace, dist_dir
-from submission.infer import PostProcess, expected_windows, list_soundscapes
+from submission.infer import PostProcess, combine_probs, expected_windows, list_soundscapes, raw_member_csv
 from train.metrics import kaggle_score
 
 KERNEL_NAME = "birdkit-python"
@@ -57,20 +57,23 @@ def labelled_set(ws: Workspace) -> LabelledSet:
 
 
 def check_no_leak(labelled: LabelledSet, dist_dataset: Path, ws: Workspace) -> None:
-    """The packaged model's run must not have trained on a recording mixed into the soundscapes."""
+    """No packaged model's run (every ensemble member's) may have trained on a recording mixed
+    into the soundscapes."""
     if not labelled.recordings:
         return
-    run = json.loads((dist_dataset / "birdkit.json").read_text()).get("run")
-    split_path = ws.runs_dir / str(run) / "split.json"
-    if not run or not split_path.exists():
-        raise ScoreError(f"cannot tell which recordings the packaged model trained on ({split_path} missing): "
-                         f"package a model trained on {ws.name} (`make train export package`)")
-    split = json.loads(split_path.read_text())
-    seen = set(labelled.recordings) & (set(split["train"]) | set(split["val"]))
-    if seen:
-        raise ScoreError(f"the packaged model trained on {len(seen)} recording(s) of the held-out soundscapes "
-                         f"(e.g. {sorted(seen)[:3]}): its score would be inflated. Train with the same "
-                         "--seed and --holdout-fraction as `make holdout`.")
+    manifest = json.loads((dist_dataset / "birdkit.json").read_text())
+    for model in manifest.get("models") or [manifest]:
+        run, name = model.get("run"), model.get("model_name")
+        split_path = ws.runs_dir / str(run) / "split.json"
+        if not run or not split_path.exists():
+            raise ScoreError(f"cannot tell which recordings the packaged {name} trained on ({split_path} missing): "
+                             f"package models trained on {ws.name} (`make train export package`)")
+        split = json.loads(split_path.read_text())
+        seen = set(labelled.recordings) & (set(split["train"]) | set(split["val"]))
+        if seen:
+            raise ScoreError(f"the packaged model {name} ({run}) trained on {len(seen)} recording(s) of the held-out "
+                             f"soundscapes (e.g. {sorted(seen)[:3]}): its score would be inflated. Train with the "
+                             "same --seed and --holdout-fraction as `make holdout`.")
 
 
 def arrange_input(score_dir: Path, labelled: LabelledSet, sample_submission: Path, competition: str,
@@ -165,6 +168,24 @@ def postprocess_variants(solution: pd.DataFrame, raw: pd.DataFrame) -> dict[str,
     return scores
 
 
+def ensemble_variants(solution: pd.DataFrame, raw_csv: Path, manifest: dict) -> dict[str, float]:
+    """Kaggle's metric for each packaged model alone and for the best-first ensembles of 2, 3, ...
+    of them (mean and min), from the members' raw outputs of the same run. Empty for one model."""
+    names = [m.get("model_name") or m["file"] for m in manifest.get("models", [])]
+    if len(names) < 2:
+        return {}
+    raws = [pd.read_csv(raw_member_csv(raw_csv, k)) for k in range(len(names))]
+    classes = raws[0].columns[1:]
+    scores = {f"{k + 1}. {name} alone": kaggle_score(solution, raw) for k, (name, raw) in enumerate(zip(names, raws))}
+    for n in range(2, len(raws) + 1):
+        stack = np.stack([raw[classes].to_numpy(np.float32) for raw in raws[:n]])  # [models, rows, classes]
+        for how in ("mean", "min"):
+            out = raws[0].copy()
+            out[classes] = combine_probs(stack, how)
+            scores[f"{how} of 1-{n}"] = kaggle_score(solution, out)
+    return scores
+
+
 def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) -> dict:
     """Execute the notebook packaged in `dist` on ws's labelled soundscapes; score its output."""
     dataset = dist / "dataset"
@@ -186,6 +207,8 @@ def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) ->
     result = {
         "score": kaggle_score(solution, sub), "postprocess": manifest.get("postprocess"),
         "postprocess_variants": postprocess_variants(solution, raw),
+        "combine": manifest.get("combine", "mean"),
+        "ensemble_variants": ensemble_variants(solution, working / "submission_raw.csv", manifest),
         "soundscapes": timing["soundscapes"], "rows": len(sub),
         "notebook_wall_s": wall_s, "seconds_per_soundscape": timing["total_s"] / n,
         "decode_s_per_soundscape": timing["decode_s"] / n, "features_s_per_soundscape": timing["features_s"] / n,
@@ -212,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"score: macro ROC-AUC (Kaggle's metric) = {r['score']:.4f}  (packaged post-processing: {r['postprocess']})")
     print("score: post-processing variants on the same raw output (set with PACKAGE_ARGS=\"--smooth-kernel ... "
           "--mean-blend ...\"): " + ", ".join(f"{k} {v:.4f}" for k, v in r["postprocess_variants"].items()))
+    if r["ensemble_variants"]:
+        print(f"score: ensemble variants on the members' raw outputs (packaged: {r['combine']} of all; choose with "
+              "PACKAGE_ARGS=\"--ensemble N --combine mean|min\"): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in r["ensemble_variants"].items()))
     print(f"score: {r['seconds_per_soundscape']:.2f} s per soundscape (decode {r['decode_s_per_soundscape']:.2f}, "
           f"features {r['features_s_per_soundscape']:.2f}, model {r['model_s_per_soundscape']:.2f}); "
           f"notebook wall time {r['notebook_wall_s']:.1f} s")

@@ -11,7 +11,7 @@ from data.audio_io import write_ogg
 from data.paths import dist_dir
 from export.to_onnx import export_run
 from submission.infer import (
-    Ensemble, KitModel, RunSettings, levels_for, soundscape_features, write_submission,
+    Ensemble, KitModel, RunSettings, levels_for, raw_member_csv, soundscape_features, write_submission,
 )
 from train.report import finished_runs
 
@@ -124,14 +124,41 @@ def test_the_guard_has_cheaper_levels_for_ensembles_and_denoised_features(model)
     assert names == ["full", "fastest model only (fast)", "fast without denoise", "no model: empty rows"]
 
 
-def test_an_ensemble_averages_or_takes_the_minimum_of_its_models(chain, model, tmp_path):
+@pytest.fixture(scope="module")
+def other(chain, model, tmp_path_factory) -> KitModel:
+    """The chain's other run, exported: a second ensemble member."""
     other_run = next(Path(r["dir"]) for r in finished_runs(chain.runs_dir) if Path(r["dir"]).name != model.meta["run"])
-    export_run(other_run, tmp_path / "other")
-    other = KitModel.load(tmp_path / "other" / "model.onnx", threads=1)
+    out = tmp_path_factory.mktemp("other")
+    export_run(other_run, out)
+    return KitModel.load(out / "model.onnx", threads=1)
+
+
+def test_an_ensemble_averages_or_takes_the_minimum_of_its_models(model, other):
     feats = np.random.default_rng(0).random((5, *model.features.shape), dtype=np.float32)
     a, b = model.predict(feats), other.predict(feats)
     assert np.allclose(Ensemble([model, other]).predict(feats), (a + b) / 2, atol=1e-6)
     assert np.allclose(Ensemble([model, other], combine="min").predict(feats), np.minimum(a, b))
+
+
+@pytest.mark.parametrize("pipeline", list(PIPELINES))
+def test_an_ensembles_raw_output_keeps_each_members_own_probabilities(model, other, bad_test_folder, tiny_dataset,
+                                                                      tmp_path, pipeline):
+    sample = tiny_dataset / "sample_submission.csv"
+    raw = tmp_path / "raw.csv"
+    write_submission(Ensemble([model, other]), bad_test_folder, sample, tmp_path / "sub.csv", raw_csv=raw,
+                     settings=PIPELINES[pipeline])
+    members = []
+    for k, m in enumerate([model, other]):
+        write_submission(Ensemble([m]), bad_test_folder, sample, tmp_path / f"alone-{k}.csv",
+                         settings=PIPELINES[pipeline])
+        alone, kept = pd.read_csv(tmp_path / f"alone-{k}.csv"), pd.read_csv(raw_member_csv(raw, k))
+        assert kept.row_id.tolist() == alone.row_id.tolist()
+        assert np.allclose(kept.iloc[:, 1:], alone.iloc[:, 1:], atol=1e-6)  # what the member gives alone
+        members.append(kept.iloc[:, 1:].to_numpy())
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # two different models
+    combined = pd.read_csv(raw).iloc[:, 1:].to_numpy()
+    assert np.allclose(combined, (members[0] + members[1]) / 2, atol=1e-5)
+    assert len(combined) == 48 * 5 + 12  # the bad files got their (zero) rows from both members too
 
 
 def test_models_that_disagree_on_classes_cannot_form_an_ensemble(model):

@@ -110,6 +110,42 @@ def test_ensemble_members_over_the_budget_are_left_out_but_the_best_model_stays(
     assert "over budget, left out" in capsys.readouterr().out
 
 
+def test_score_reports_each_ensemble_member_alone_and_combined_from_one_notebook_run(chain, two_exports, tmp_path):
+    from data.paths import Workspace
+    from submission.package import PackageConfig, package
+    from submission.score import score
+
+    package(PackageConfig(two_exports, tmp_path / "dist", budget_min=1e6, bundle_wheels=False))
+    result = score(Workspace(chain.data_dir, root=tmp_path / "out"), "birdclef-2024", tmp_path / "dist")
+    names = [m["model_name"] for m in json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())["models"]]
+    variants = result["ensemble_variants"]
+    assert list(variants) == [f"1. {names[0]} alone", f"2. {names[1]} alone", "mean of 1-2", "min of 1-2"]
+    assert variants["mean of 1-2"] == pytest.approx(result["score"], abs=1e-4)  # what was packaged: the mean
+    single = json.loads((chain.score_dir / "score.json").read_text())  # the chain packaged the best model alone
+    assert variants[f"1. {names[0]} alone"] == pytest.approx(single["score"], abs=1e-4)
+    assert single["ensemble_variants"] == {}
+
+
+def test_scoring_refuses_an_ensemble_whose_any_member_trained_on_a_held_out_recording(tmp_path):
+    from data.paths import Workspace
+    from submission.score import LabelledSet, ScoreError, check_no_leak
+
+    ws = Workspace(tmp_path / "birds", root=tmp_path / "out")
+    for run, train in [("clean-run", ["a/1.ogg"]), ("leaky-run", ["a/1.ogg", "b/7.ogg"])]:
+        (ws.runs_dir / run).mkdir(parents=True)
+        (ws.runs_dir / run / "split.json").write_text(json.dumps({"train": train, "val": []}))
+    clean, leaky = {"model_name": "simple_cnn", "run": "clean-run"}, {"model_name": "resnet18", "run": "leaky-run"}
+    labelled = LabelledSet(tmp_path, tmp_path / "solution.csv", recordings=["b/7.ogg"])
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    manifest = dataset / "birdkit.json"
+    manifest.write_text(json.dumps({"run": "clean-run", "models": [clean, leaky]}))  # the best member is clean
+    with pytest.raises(ScoreError, match=r"packaged model resnet18 \(leaky-run\) trained on 1 recording"):
+        check_no_leak(labelled, dataset, ws)
+    manifest.write_text(json.dumps({"run": "clean-run", "models": [clean]}))
+    check_no_leak(labelled, dataset, ws)  # the clean member alone passes
+
+
 def test_a_model_whose_classes_differ_from_sample_submission_is_refused_naming_both(two_exports, tmp_path):
     from submission.package import PackageConfig, PackageError, package
 
