@@ -1,12 +1,14 @@
 """`make bench-infer`: the packaged notebook's own inference code, timed on synthetic soundscapes.
 
-For the exported model of DATA (or --onnx files, or every finished run with --all-runs):
+For the exported model of DATA and, when `make package` shipped an ensemble of DATA's models,
+for that ensemble as the notebook runs it (or --onnx files, or every finished run with --all-runs):
 
   - per-core costs of one 4-minute soundscape: decode, features, model (one thread each);
-  - the model alone on all cores, and the whole notebook pipeline (submission.infer's
+  - the model alone on all cores (the faster of intra-op threads and one soundscape per core,
+    both measured), and the whole notebook pipeline (submission.infer's
     write_submission: feature worker processes beside the model, results streamed to disk) on
     all cores, seconds per soundscape, and their ratio: the pipeline's overhead;
-  - the pipeline's peak memory (this process tree's summed RSS, sampled), which must not grow
+  - the pipeline's peak memory (this process tree's summed PSS, sampled), which must not grow
     with the number of soundscapes;
   - the projected minutes for Kaggle's ~1,100 soundscapes on 4 cores (submission/budget.py:
     per-core costs summed, divided by 4; Kaggle's cores assumed as fast as this machine's).
@@ -23,11 +25,12 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data.paths import Workspace, output_root
+from data.paths import Workspace, dist_dir, output_root
 from submission.budget import (
     KAGGLE_CORES, KAGGLE_SOUNDSCAPES, Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core,
 )
@@ -57,7 +60,14 @@ def sample_submission(folder: Path, classes: list[str]) -> Path:
 
 
 class PeakMemory:
-    """Highest summed RSS of this process and its children, sampled every 50 ms."""
+    """Highest memory of this process and its children together: their summed PSS, which counts
+    each shared page once (summed RSS would count the pages a forked feature worker shares with
+    the notebook's process, models included, once per process). Sampled every second: reading
+    PSS costs ~15 ms per process, which at 20 samples a second took most of a core from the
+    pipeline it measures; the models' memory stays allocated between soundscapes, so the peak
+    is still seen."""
+
+    interval_s = 1.0
 
     def __init__(self):
         import psutil
@@ -69,10 +79,10 @@ class PeakMemory:
         while not self._stop.is_set():
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+                self.peak = max(self.peak, sum(p.memory_full_info().pss for p in procs))
             except Exception:  # a worker exiting between listing and reading
                 pass
-            self._stop.wait(0.05)
+            self._stop.wait(self.interval_s)
 
     def __enter__(self):
         self._thread.start()
@@ -83,60 +93,104 @@ class PeakMemory:
         self._thread.join()
 
 
-def _pipeline_child(onnx_path: str, test_dir: str, out_dir: str, queue, settings: dict) -> None:
+def _pipeline_child(onnx_paths: list[str], combine: str, test_dir: str, out_dir: str, queue, settings: dict) -> None:
     """The notebook's write_submission in a fresh process: wall seconds and peak memory."""
     from submission.infer import Ensemble, KitModel, RunSettings, soundscape_features, write_submission
 
     settings = RunSettings(**settings)
     workers, threads = settings.resolved()
-    model = KitModel.load(Path(onnx_path), threads)
-    sub = sample_submission(Path(out_dir), model.classes)
+    ensemble = Ensemble([KitModel.load(Path(p), threads) for p in onnx_paths], combine)
+    sub = sample_submission(Path(out_dir), ensemble.classes)
     first = sorted(Path(test_dir).glob("*.ogg"))[0]  # warm-up: one-off imports, FFT plans
-    model.predict(soundscape_features(first, model.features).feats)
+    ensemble.predict(soundscape_features(first, ensemble.features).feats)
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        timing = write_submission(Ensemble([model]), Path(test_dir), sub, Path(out_dir) / "submission.csv",
-                                  settings=settings)
+        timing = write_submission(ensemble, Path(test_dir), sub, Path(out_dir) / "submission.csv", settings=settings)
         wall = time.perf_counter() - t0
     queue.put({"wall_s": wall, "soundscapes": timing.soundscapes, "peak_bytes": mem.peak,
                "feature_workers": workers, "model_threads": threads,
-               "soundscape_workers": settings.parallel_soundscapes(model.ms_per_window)})
+               "soundscape_workers": settings.parallel_soundscapes(ensemble.ms_per_window)})
 
 
-def pipeline(onnx_path: Path, test_dir: Path, **settings) -> dict:
-    """The notebook's pipeline with RunSettings(**settings) (the notebook's defaults when empty)."""
+def pipeline(onnx_paths: list[Path], test_dir: Path, combine: str = "mean", **settings) -> dict:
+    """The notebook's pipeline for these models (an ensemble when several) with
+    RunSettings(**settings) (the notebook's defaults when empty)."""
     ctx = mp.get_context("spawn")  # a clean process: its memory is the pipeline's alone
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as out:
-        p = ctx.Process(target=_pipeline_child, args=(str(onnx_path), str(test_dir), out, queue, settings))
+        p = ctx.Process(target=_pipeline_child,
+                        args=([str(x) for x in onnx_paths], combine, str(test_dir), out, queue, settings))
         p.start()
         result = queue.get()
         p.join()
     return result
 
 
-def bench_model(name: str, onnx_path: Path, scapes: list[Path]) -> dict:
+@dataclass
+class Benched:
+    """What one row times: a model, or an ensemble the notebook runs as one (models summed)."""
+
+    name: str
+    onnx_paths: list[Path]
+    combine: str = "mean"
+
+
+def _model_only_child(onnx_paths: list[str], barrier, queue, soundscapes: int) -> None:
+    """One core's share of `model_per_core_s`: one-thread models on ready features, timed
+    from a start shared with the other cores."""
+    from submission.budget import WINDOWS_PER_SOUNDSCAPE
+    from submission.infer import Ensemble, KitModel
+
+    ensemble = Ensemble([KitModel.load(Path(p), threads=1, measure=False) for p in onnx_paths])
+    feats = np.random.default_rng(0).random((WINDOWS_PER_SOUNDSCAPE, *ensemble.features.shape), dtype=np.float32)
+    ensemble.predict(feats)  # warm-up
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(soundscapes):
+        ensemble.predict(feats)
+    queue.put(time.perf_counter() - t0)
+
+
+def model_per_core_s(onnx_paths: list[Path], cores: int, soundscapes: int = 2) -> float:
+    """Seconds per soundscape for the model(s) alone, one process per core running at once, as
+    the whole-soundscape pool runs them: the cores' real scaling (shared caches and memory
+    bandwidth), not a one-thread time divided by the cores."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(cores), ctx.Queue()
+    procs = [ctx.Process(target=_model_only_child, args=([str(p) for p in onnx_paths], barrier, queue, soundscapes))
+             for _ in range(cores)]
+    for proc in procs:
+        proc.start()
+    walls = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return max(walls) / (cores * soundscapes)
+
+
+def bench_model(bench: Benched, scapes: list[Path]) -> dict:
     from submission.infer import KitModel
 
-    cfg = KitModel.load(onnx_path, threads=1).features
+    cfg = KitModel.load(bench.onnx_paths[0], threads=1).features
     cores = os.cpu_count() or 1
     with single_core():
         decode_s, features_s = feature_seconds_per_soundscape(scapes[0], cfg)
-        model_1t = model_seconds_per_soundscape(onnx_path, threads=1)
+        model_1t = sum(model_seconds_per_soundscape(p, threads=1) for p in bench.onnx_paths)
     costs = Costs(decode_s, features_s, model_1t)
-    model_threads = model_seconds_per_soundscape(onnx_path, threads=cores)
-    # The model alone on all cores, at its best: intra-op threads, or one soundscape per core with
-    # perfect scaling (model_1t / cores, a lower bound nothing real reaches).
-    model_all = min(model_threads, model_1t / cores)
-    pipe = pipeline(onnx_path, scapes[0].parent)
+    model_threads = sum(model_seconds_per_soundscape(p, threads=cores) for p in bench.onnx_paths)
+    # The model alone on all cores, at its best: intra-op threads, or one soundscape per core
+    # (both measured: the pipeline runs one or the other).
+    model_all = min(model_threads, model_per_core_s(bench.onnx_paths, cores))
+    pipe = pipeline(bench.onnx_paths, scapes[0].parent, bench.combine)
     pipe_s = pipe["wall_s"] / pipe["soundscapes"]
     # Memory grows with the processes, not the cores' speed: run the pipeline with the processes
     # Kaggle's cores would start (a model copy per core in the pool; half the cores as feature workers).
-    kaggle = pipeline(onnx_path, scapes[0].parent, feature_workers=KAGGLE_CORES // 2,
+    kaggle = pipeline(bench.onnx_paths, scapes[0].parent, bench.combine, feature_workers=KAGGLE_CORES // 2,
                       soundscape_workers=KAGGLE_CORES if pipe["soundscape_workers"] else 0)
     return {
-        "model": name, "onnx": str(onnx_path), "decode_s": decode_s, "features_s": features_s,
+        "model": bench.name, "onnx": [str(p) for p in bench.onnx_paths], "decode_s": decode_s,
+        "features_s": features_s,
         "model_1thread_s": model_1t, "model_threads_s": model_threads, "model_all_cores_s": model_all,
+        "model_scaling": model_1t / model_all,  # how many cores' worth the model alone gets out of all of them
         "pipeline_s": pipe_s, "overhead": pipe_s / model_all, "peak_gb": pipe["peak_bytes"] / 1e9,
         "kaggle_peak_gb": kaggle["peak_bytes"] / 1e9,
         "projected_min": costs.projected_min(), "cores_here": cores,
@@ -190,9 +244,9 @@ def levers(name: str, onnx_path: Path, scapes: list[Path]) -> list[dict]:
         rows.append({"lever": f"int8 static quantisation (max |diff| {diff:.3f})",
                      "seconds": _time_session(q_session, feats), "baseline": base})
     per = lambda r: r["wall_s"] / r["soundscapes"]  # noqa: E731
-    serial = pipeline(onnx_path, scapes[0].parent, feature_workers=0, soundscape_workers=0)
-    beside = pipeline(onnx_path, scapes[0].parent, feature_workers=-1, soundscape_workers=0)
-    pool = pipeline(onnx_path, scapes[0].parent, soundscape_workers=cores)
+    serial = pipeline([onnx_path], scapes[0].parent, feature_workers=0, soundscape_workers=0)
+    beside = pipeline([onnx_path], scapes[0].parent, feature_workers=-1, soundscape_workers=0)
+    pool = pipeline([onnx_path], scapes[0].parent, soundscape_workers=cores)
     rows.append({"lever": f"pipeline: {beside['feature_workers']} feature worker(s) beside the model, not serial",
                  "seconds": per(beside), "baseline": per(serial)})
     rows.append({"lever": f"pipeline: {pool['soundscape_workers']} whole-soundscape workers (1 thread), not serial",
@@ -210,16 +264,16 @@ def format_levers(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def models_to_bench(args) -> list[tuple[str, Path]]:
+def models_to_bench(args) -> list[Benched]:
     if args.onnx:
-        return [(Path(p).stem, Path(p)) for p in args.onnx]
+        return [Benched(Path(p).stem, [Path(p)]) for p in args.onnx]
     ws = Workspace.of(args.data)
     if not args.all_runs:
         path = ws.export_dir / "model.onnx"
         if not path.exists():
             raise SystemExit(f"error: {path} not found: run `make export DATA={args.data}` or pass --onnx")
         meta = json.loads((ws.export_dir / "export.json").read_text())
-        return [(meta["model"], path)]
+        return [Benched(meta["model"], [path]), *packaged_ensemble(ws)]
     from export.to_onnx import export_run
     from train.report import finished_runs
 
@@ -227,25 +281,44 @@ def models_to_bench(args) -> list[tuple[str, Path]]:
     for run in finished_runs(ws.runs_dir):
         target = Path(tempfile.mkdtemp()) / run["run"]
         export_run(Path(run["dir"]), target)
-        out.append((run["run"], target / "model.onnx"))
+        out.append(Benched(run["run"], [target / "model.onnx"]))
     return out
+
+
+def packaged_ensemble(ws: Workspace) -> list[Benched]:
+    """The ensemble `make package` shipped for this dataset (what the notebook will run), if any."""
+    from submission.infer import MANIFEST_NAME
+
+    dataset = dist_dir() / "dataset"
+    manifest_path = dataset / MANIFEST_NAME
+    if not manifest_path.exists():
+        return []
+    manifest = json.loads(manifest_path.read_text())
+    models = manifest.get("models", [])
+    if manifest.get("dataset") != ws.name or len(models) < 2:
+        return []
+    from submission.score import packaged_models
+
+    return [Benched(f"package: {packaged_models(manifest)}", [dataset / m["file"] for m in models],
+                    manifest.get("combine", "mean"))]
 
 
 def format_table(rows: list[dict], n: int) -> str:
     cores = rows[0]["cores_here"] if rows else os.cpu_count()
+    w = max([28, *(len(r["model"]) for r in rows)])
     lines = [
         f"bench-infer: {n} synthetic 4-minute soundscapes; this machine has {cores} cores; "
         f"seconds per soundscape (medians)",
-        f"{'model':28s} {'decode':>7s} {'features':>8s} {'model 1t':>8s} {'model all*':>10s} {'pipeline':>8s} "
+        f"{'model':{w}s} {'decode':>7s} {'features':>8s} {'model 1t':>8s} {'model all*':>10s} {'pipeline':>8s} "
         f"{'overhead':>8s} {'peak GB':>7s} {f'at {KAGGLE_CORES} cores***':>13s} {'Kaggle min**':>12s}",
     ]
     for r in rows:
         lines.append(
-            f"{r['model']:28s} {r['decode_s']:7.3f} {r['features_s']:8.3f} {r['model_1thread_s']:8.3f} "
+            f"{r['model']:{w}s} {r['decode_s']:7.3f} {r['features_s']:8.3f} {r['model_1thread_s']:8.3f} "
             f"{r['model_all_cores_s']:10.3f} {r['pipeline_s']:8.3f} {r['overhead']:8.2f} {r['peak_gb']:7.2f} "
             f"{r['kaggle_peak_gb']:13.2f} {r['projected_min']:12.1f}")
     lines.append("* model all: the model alone on every core, the faster of intra-op threads and one soundscape per "
-                 "core at perfect scaling (model 1t / cores).")
+                 "core in parallel (both measured on ready features).")
     lines.append(f"** projected for {KAGGLE_SOUNDSCAPES} soundscapes on {KAGGLE_CORES} cores: per-core decode + "
                  f"features + model, divided by {KAGGLE_CORES}. Targets: <= {TARGET_MIN:.0f} min, overhead "
                  f"(pipeline / model on all cores) <= {TARGET_OVERHEAD}, peak <= {TARGET_PEAK_GB:.0f} GB.")
@@ -266,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = output_root() / "bench" / "out"
     scapes = write_soundscapes(out_dir / "infer_soundscapes", args.soundscapes)
     models = models_to_bench(args)
-    rows = [bench_model(name, path, scapes) for name, path in models]
+    rows = [bench_model(bench, scapes) for bench in models]
     print(format_table(rows, len(scapes)))
-    lever_rows = [r for name, path in models for r in levers(name, path, scapes)] if args.levers else []
+    lever_rows = ([r for bench in models if len(bench.onnx_paths) == 1
+                   for r in levers(bench.name, bench.onnx_paths[0], scapes)] if args.levers else [])
     if lever_rows:
         print("\nlevers (seconds per soundscape; model time unless the lever is the pipeline's):")
         print(format_levers(lever_rows))

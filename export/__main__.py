@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from data.paths import Workspace
-from export.to_onnx import ExportError, export_best, export_run
+from export.to_onnx import ExportError, export_best, export_run, remove_candidates
 from train.report import finished_runs
 
 
@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, help="export this run folder instead of the best one")
     p.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - torch| accepted")
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--top", type=int, default=1, help="also export the next best runs (ensemble candidates)")
+    p.add_argument("--top", type=int, default=3,
+                   help="export the N best runs: the best as model.onnx, the next as model-2.onnx ... (ensemble "
+                        "candidates; `make package` ships them only where the local score says they help)")
     p.add_argument("--activation", choices=["sigmoid", "softmax"],
                    help="ship this output activation instead of the run's own (its recorded val metrics "
                         "stay the run's); measure the change with `make score`")
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         train_main(["--data", str(args.data)])
     try:
         if args.run:
+            remove_candidates(ws.export_dir)  # this run alone is the export now
             report = export_run(args.run, ws.export_dir, atol=args.atol, opset=args.opset,
                                 activation=args.activation)
             (ws.export_dir / "export.json").write_text(json.dumps({**report, "ensemble": []}, indent=2) + "\n")

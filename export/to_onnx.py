@@ -206,14 +206,19 @@ def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int =
     }
 
 
+def remove_candidates(out_dir: Path) -> None:
+    """Drop an earlier export's ensemble candidates (model-2.onnx, ...): packaging takes every one it finds."""
+    for stale in out_dir.glob("model-*.onnx"):
+        stale.unlink()
+
+
 def export_best(runs_dir: Path, out_dir: Path, *, top: int = 1, atol: float = 1e-4, opset: int = 18,
                 activation: str | None = None) -> dict:
     """The best run -> out_dir/model.onnx; with top > 1 the next best -> model-2.onnx, ... too
     (candidates for an ensemble). Writes export.json: the best model's report, the others under
     'ensemble'."""
     runs = ranked_runs(runs_dir)
-    for stale in out_dir.glob("model-*.onnx"):  # candidates of an earlier export
-        stale.unlink()
+    remove_candidates(out_dir)
     reports = [export_run(Path(r["dir"]), out_dir, atol=atol, opset=opset, activation=activation,
                           filename="model.onnx" if k == 0 else f"model-{k + 1}.onnx")
                for k, r in enumerate(runs[:top])]

@@ -28,7 +28,8 @@ import pandas as pd
 
 from data.features import FeatureConfig, row_end_seconds
 from data.paths import Workspace, dist_dir
-from submission.infer import PostProcess, combine_probs, expected_windows, list_soundscapes, raw_member_csv
+from submission.ensemble import prefix_scores
+from submission.infer import PostProcess, expected_windows, list_soundscapes, raw_member_csv
 from train.metrics import kaggle_score
 
 KERNEL_NAME = "birdkit-python"
@@ -175,15 +176,18 @@ def ensemble_variants(solution: pd.DataFrame, raw_csv: Path, manifest: dict) -> 
     if len(names) < 2:
         return {}
     raws = [pd.read_csv(raw_member_csv(raw_csv, k)) for k in range(len(names))]
-    classes = raws[0].columns[1:]
     scores = {f"{k + 1}. {name} alone": kaggle_score(solution, raw) for k, (name, raw) in enumerate(zip(names, raws))}
+    by_rule = {how: prefix_scores(solution, raws, how) for how in ("mean", "min")}
     for n in range(2, len(raws) + 1):
-        stack = np.stack([raw[classes].to_numpy(np.float32) for raw in raws[:n]])  # [models, rows, classes]
         for how in ("mean", "min"):
-            out = raws[0].copy()
-            out[classes] = combine_probs(stack, how)
-            scores[f"{how} of 1-{n}"] = kaggle_score(solution, out)
+            scores[f"{how} of 1-{n}"] = by_rule[how][n - 1]
     return scores
+
+
+def packaged_models(manifest: dict) -> str:
+    """'simple_cnn', or 'simple_cnn + resnet18 (mean)' for an ensemble."""
+    names = [m.get("model_name") or m["file"] for m in manifest.get("models", [])] or [manifest.get("model_name")]
+    return names[0] if len(names) == 1 else f"{' + '.join(names)} ({manifest.get('combine', 'mean')})"
 
 
 def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) -> dict:
@@ -212,7 +216,7 @@ def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) ->
         "soundscapes": timing["soundscapes"], "rows": len(sub),
         "notebook_wall_s": wall_s, "seconds_per_soundscape": timing["total_s"] / n,
         "decode_s_per_soundscape": timing["decode_s"] / n, "features_s_per_soundscape": timing["features_s"] / n,
-        "model_s_per_soundscape": timing["model_s"] / n, "model": manifest.get("model_name"),
+        "model_s_per_soundscape": timing["model_s"] / n, "model": packaged_models(manifest),
         "solution": str(labelled.solution), "failures": timing["failures"],
     }
     (ws.score_dir / "score.json").write_text(json.dumps(result, indent=2) + "\n")

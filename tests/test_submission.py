@@ -115,15 +115,61 @@ def test_score_reports_each_ensemble_member_alone_and_combined_from_one_notebook
     from submission.package import PackageConfig, package
     from submission.score import score
 
-    package(PackageConfig(two_exports, tmp_path / "dist", budget_min=1e6, bundle_wheels=False))
-    result = score(Workspace(chain.data_dir, root=tmp_path / "out"), "birdclef-2024", tmp_path / "dist")
-    names = [m["model_name"] for m in json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())["models"]]
-    variants = result["ensemble_variants"]
+    ws = Workspace(chain.data_dir, root=tmp_path / "out")
+    results = {}
+    for name, models in [("pair", two_exports), ("best", two_exports[:1])]:
+        package(PackageConfig(models, tmp_path / name, budget_min=1e6, bundle_wheels=False))
+        results[name] = score(ws, "birdclef-2024", tmp_path / name)
+    names = [m["model_name"] for m in json.loads((tmp_path / "pair" / "dataset" / "birdkit.json").read_text())["models"]]
+    variants = results["pair"]["ensemble_variants"]
     assert list(variants) == [f"1. {names[0]} alone", f"2. {names[1]} alone", "mean of 1-2", "min of 1-2"]
-    assert variants["mean of 1-2"] == pytest.approx(result["score"], abs=1e-4)  # what was packaged: the mean
-    single = json.loads((chain.score_dir / "score.json").read_text())  # the chain packaged the best model alone
-    assert variants[f"1. {names[0]} alone"] == pytest.approx(single["score"], abs=1e-4)
-    assert single["ensemble_variants"] == {}
+    assert variants["mean of 1-2"] == pytest.approx(results["pair"]["score"], abs=1e-4)  # what was packaged: the mean
+    assert variants[f"1. {names[0]} alone"] == pytest.approx(results["best"]["score"], abs=1e-4)
+    assert results["best"]["ensemble_variants"] == {}
+
+
+def test_the_local_score_of_each_best_first_ensemble_is_kaggles_metric_of_its_combined_output():
+    from submission.ensemble import prefix_scores
+
+    solution = pd.DataFrame({"row_id": ["s_5", "s_10", "s_15", "s_20"], "a": [1, 0, 1, 0], "b": [0, 1, 1, 0]})
+    knows_a = pd.DataFrame({"row_id": solution.row_id, "a": [0.9, 0.1, 0.8, 0.2], "b": [0.4, 0.3, 0.2, 0.1]})
+    knows_b = pd.DataFrame({"row_id": solution.row_id, "a": [0.05, 0.6, 0.5, 0.5], "b": [0.1, 0.9, 0.8, 0.2]})
+    # knows_a alone: a 1.0; b's positives (0.3, 0.2) each beat one negative (0.1) of two (0.4, 0.1): 0.5
+    # mean: a 0.475, 0.35, 0.65, 0.35 -> 1.0; b 0.25, 0.6, 0.5, 0.15 -> 1.0
+    assert prefix_scores(solution, [knows_a, knows_b], "mean") == pytest.approx([0.75, 1.0])
+    # min: a 0.05, 0.1, 0.5, 0.2 -> positive 0.05 beats no negative, 0.5 beats both: 0.5; b 0.1, 0.3, 0.2, 0.1 -> 1.0
+    assert prefix_scores(solution, [knows_a, knows_b], "min") == pytest.approx([0.75, 0.75])
+
+
+@pytest.mark.parametrize("scores, keep", [([0.72, 0.77, 0.78], 3), ([0.72, 0.721, 0.78], 3), ([0.72, 0.77, 0.771], 2),
+                                          ([0.75, 0.74, 0.70], 1), ([0.70, 0.70], 1)])
+def test_a_model_joins_the_ensemble_only_where_it_adds_to_the_best_shorter_score(scores, keep):
+    from submission.ensemble import shortest_best
+
+    assert shortest_best(scores, min_gain=0.002) == keep
+
+
+def test_packaging_ships_the_best_first_ensemble_the_local_score_chose(chain, two_exports, tmp_path, capsys):
+    from submission.ensemble import judge, shortest_best
+    from submission.package import PackageConfig, package
+
+    package(PackageConfig(two_exports, tmp_path / "dist", data_dir=chain.data_dir, judge_ensemble=True,
+                          budget_min=1e6, bundle_wheels=False))
+    printed = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())
+    verdict = judge(two_exports, "mean", chain.data_dir / "test_soundscapes", chain.data_dir.parent / "tiny_solution.csv",
+                    chain.data_dir / "sample_submission.csv")
+    assert len(verdict.scores) == 2 and len(manifest["model_files"]) == shortest_best(verdict.scores)
+    assert f"{verdict.scores[0]:.4f}" in printed and f"{verdict.scores[1]:.4f}" in printed
+
+
+def test_packaging_with_nothing_to_judge_an_ensemble_by_ships_the_best_model_alone(two_exports, tmp_path, capsys):
+    from submission.package import PackageConfig, package
+
+    package(PackageConfig(two_exports, tmp_path / "dist", judge_ensemble=True, budget_min=1e6, bundle_wheels=False))
+    manifest = json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())
+    assert manifest["model_files"] == ["model.onnx"]
+    assert "alone: an ensemble needs --data" in capsys.readouterr().out
 
 
 def test_scoring_refuses_an_ensemble_whose_any_member_trained_on_a_held_out_recording(tmp_path):
