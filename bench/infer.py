@@ -190,7 +190,6 @@ def bench_model(bench: Benched, scapes: list[Path]) -> dict:
         "model": bench.name, "onnx": [str(p) for p in bench.onnx_paths], "decode_s": decode_s,
         "features_s": features_s,
         "model_1thread_s": model_1t, "model_threads_s": model_threads, "model_all_cores_s": model_all,
-        "model_scaling": model_1t / model_all,  # how many cores' worth the model alone gets out of all of them
         "pipeline_s": pipe_s, "overhead": pipe_s / model_all, "peak_gb": pipe["peak_bytes"] / 1e9,
         "kaggle_peak_gb": kaggle["peak_bytes"] / 1e9,
         "projected_min": costs.projected_min(), "cores_here": cores,
@@ -288,6 +287,7 @@ def models_to_bench(args) -> list[Benched]:
 def packaged_ensemble(ws: Workspace) -> list[Benched]:
     """The ensemble `make package` shipped for this dataset (what the notebook will run), if any."""
     from submission.infer import MANIFEST_NAME
+    from submission.score import packaged_models
 
     dataset = dist_dir() / "dataset"
     manifest_path = dataset / MANIFEST_NAME
@@ -297,8 +297,6 @@ def packaged_ensemble(ws: Workspace) -> list[Benched]:
     models = manifest.get("models", [])
     if manifest.get("dataset") != ws.name or len(models) < 2:
         return []
-    from submission.score import packaged_models
-
     return [Benched(f"package: {packaged_models(manifest)}", [dataset / m["file"] for m in models],
                     manifest.get("combine", "mean"))]
 

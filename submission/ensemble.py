@@ -46,18 +46,24 @@ def shortest_best(scores: list[float], min_gain: float = MIN_ENSEMBLE_GAIN) -> i
     return keep
 
 
+def read_member_raws(raw_csv: Path, n_models: int) -> list[pd.DataFrame]:
+    """The raw outputs an ensemble of n_models >= 2 wrote beside raw_csv (write_submission)."""
+    from submission.infer import raw_member_csv
+
+    return [pd.read_csv(raw_member_csv(raw_csv, k)) for k in range(n_models)]
+
+
 def member_raw_outputs(onnx_paths: list[Path], combine: str, soundscapes: Path,
                        sample_submission: Path) -> list[pd.DataFrame]:
-    """Each model's raw probabilities on the soundscapes, from one run of the notebook's
+    """Each of >= 2 models' raw probabilities on the soundscapes, from one run of the notebook's
     inference code with all of them as one ensemble."""
-    from submission.infer import Ensemble, KitModel, raw_member_csv, write_submission
+    from submission.infer import Ensemble, KitModel, write_submission
 
     ensemble = Ensemble([KitModel.load(p) for p in onnx_paths], combine)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.csv"
         write_submission(ensemble, soundscapes, sample_submission, Path(tmp) / "submission.csv", raw_csv=raw)
-        paths = [raw_member_csv(raw, k) for k in range(len(onnx_paths))] if len(onnx_paths) > 1 else [raw]
-        return [pd.read_csv(p) for p in paths]
+        return read_member_raws(raw, len(onnx_paths))
 
 
 @dataclass

@@ -242,8 +242,6 @@ class FeatureStream:
 _WORKER_MODELS: list = []  # a soundscape worker's own sessions (one thread each)
 
 
-
-
 def _init_soundscape_worker(onnx_paths: list[str]) -> None:
     _limit_threads()
     _WORKER_MODELS[:] = [KitModel.load(Path(p), threads=1, measure=False) for p in onnx_paths]

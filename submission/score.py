@@ -28,8 +28,8 @@ import pandas as pd
 
 from data.features import FeatureConfig, row_end_seconds
 from data.paths import Workspace, dist_dir
-from submission.ensemble import prefix_scores
-from submission.infer import PostProcess, expected_windows, list_soundscapes, raw_member_csv
+from submission.ensemble import prefix_scores, read_member_raws
+from submission.infer import PostProcess, expected_windows, list_soundscapes
 from train.metrics import kaggle_score
 
 KERNEL_NAME = "birdkit-python"
@@ -172,10 +172,10 @@ def postprocess_variants(solution: pd.DataFrame, raw: pd.DataFrame) -> dict[str,
 def ensemble_variants(solution: pd.DataFrame, raw_csv: Path, manifest: dict) -> dict[str, float]:
     """Kaggle's metric for each packaged model alone and for the best-first ensembles of 2, 3, ...
     of them (mean and min), from the members' raw outputs of the same run. Empty for one model."""
-    names = [m.get("model_name") or m["file"] for m in manifest.get("models", [])]
+    names = model_names(manifest)
     if len(names) < 2:
         return {}
-    raws = [pd.read_csv(raw_member_csv(raw_csv, k)) for k in range(len(names))]
+    raws = read_member_raws(raw_csv, len(names))
     scores = {f"{k + 1}. {name} alone": kaggle_score(solution, raw) for k, (name, raw) in enumerate(zip(names, raws))}
     by_rule = {how: prefix_scores(solution, raws, how) for how in ("mean", "min")}
     for n in range(2, len(raws) + 1):
@@ -184,9 +184,14 @@ def ensemble_variants(solution: pd.DataFrame, raw_csv: Path, manifest: dict) -> 
     return scores
 
 
+def model_names(manifest: dict) -> list[str]:
+    """The packaged models' names, best first (a manifest from before ensembles: its one model)."""
+    return [m.get("model_name") or m["file"] for m in manifest.get("models", [])] or [manifest.get("model_name")]
+
+
 def packaged_models(manifest: dict) -> str:
     """'simple_cnn', or 'simple_cnn + resnet18 (mean)' for an ensemble."""
-    names = [m.get("model_name") or m["file"] for m in manifest.get("models", [])] or [manifest.get("model_name")]
+    names = model_names(manifest)
     return names[0] if len(names) == 1 else f"{' + '.join(names)} ({manifest.get('combine', 'mean')})"
 
 
