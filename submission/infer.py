@@ -35,12 +35,14 @@ from data.features import (
 MANIFEST_NAME = "birdkit.json"
 EXPECTED_SOUNDSCAPE_S = 240.0  # Kaggle's hidden test soundscapes are 4 minutes long
 DEFAULT_DEADLINE_MIN = 110.0  # Kaggle stops CPU notebooks at 120 minutes
-POOL_MAX_MS_PER_WINDOW = 20.0  # auto: whole-soundscape workers only for models at most this slow (all cores)
+POOL_MAX_MS_PER_WINDOW = 50.0  # auto: whole-soundscape workers only for models at most this slow (all cores;
+# resnet18 ~21 ms on 2 cores, inception_v3 ~170 ms)
 AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
 # Windows per onnxruntime call. onnxruntime keeps each model's largest activations in its arena,
-# so memory grows with the batch (efficientnet_b0: 1.4 GB at 48 windows, 0.4 GB at 16) while the
-# speed did not change measurably between 8 and 48 (README, the notebook against Kaggle's limits).
-BATCH_WINDOWS = 16
+# so memory grows with the batch (efficientnet_b0: 1.4 GB at 48 windows, 0.4 GB at 16; the
+# three-model ensemble 0.81 GB at 16, 0.51 GB at 8 per process) while the speed did not change
+# measurably between 8 and 48 (README, the notebook against Kaggle's limits).
+BATCH_WINDOWS = 8
 
 
 # ------------------------------------------------------------------------------------ models
@@ -132,6 +134,11 @@ class Ensemble:
     @property
     def ms_per_window(self) -> float:
         return sum(m.ms_per_window for m in self.models)
+
+    @property
+    def slowest_ms_per_window(self) -> float:
+        """The costliest member's: what decides whether a model copy per core pays (RunSettings)."""
+        return max(m.ms_per_window for m in self.models)
 
     def predict(self, feats: np.ndarray) -> np.ndarray:
         return combine_probs(self.member_probs(feats), self.combine)
@@ -456,6 +463,7 @@ class Timing:
     failures: list[str] = field(default_factory=list)
     levels: dict[str, int] = field(default_factory=dict)  # soundscapes per guard level
     switches: list[str] = field(default_factory=list)
+    done_s: list[float] = field(default_factory=list)  # seconds from the start when each soundscape's rows were written
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -470,17 +478,19 @@ class RunSettings:
     feature_workers: int = -1  # -1: half the cores
     model_threads: int = 0  # 0: all cores
     # Whole soundscapes in this many processes (SoundscapePool); 0: feature workers beside the model
-    # in this process; -1 (auto): one per core for models faster than POOL_MAX_MS_PER_WINDOW, else 0.
-    # The pool is faster for small models (simple_cnn 1.29x, resnet18 1.19x over serial on 2 cores)
-    # but holds a copy of the model per core: for inception_v3 it gained nothing and took its peak
-    # memory from 2.6 to 4.1 GB (bench-infer, README).
+    # in this process; -1 (auto): one per core when every model is at most POOL_MAX_MS_PER_WINDOW, else 0.
+    # The pool is faster for small models (simple_cnn 1.29x, resnet18 1.19x over serial on 2 cores),
+    # and for an ensemble of them (small convolutions scale worse over intra-op threads than over
+    # processes), but holds a copy of the models per core: for inception_v3 it gained nothing and
+    # took its peak memory from 2.6 to 4.1 GB (bench-infer, README).
     soundscape_workers: int = -1
 
-    def parallel_soundscapes(self, ms_per_window: float = 0.0) -> int:
-        """Processes of the SoundscapePool for a model of this cost; 0: features in workers, the model here."""
+    def parallel_soundscapes(self, slowest_ms_per_window: float = 0.0) -> int:
+        """Processes of the SoundscapePool when the costliest model takes this long per window;
+        0: features in workers, the model(s) here."""
         if self.soundscape_workers >= 0:
             return self.soundscape_workers
-        return (os.cpu_count() or 1) if ms_per_window <= POOL_MAX_MS_PER_WINDOW else 0
+        return (os.cpu_count() or 1) if slowest_ms_per_window <= POOL_MAX_MS_PER_WINDOW else 0
 
     def resolved(self) -> tuple[int, int]:
         """(feature worker processes, model threads). The model keeps every core: its threads
@@ -518,6 +528,7 @@ def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path
         for model, stream in zip(ensemble.models, members):
             stream.write(rows(path.stem, level.member(model, stack)))
         timing.soundscapes += 1
+        timing.done_s.append(round(time.perf_counter() - guard.t0, 3))
         timing.levels[level.name] = timing.levels.get(level.name, 0) + 1
         guard.record(i)
         if i % 50 == 0 or i == len(paths):
@@ -536,7 +547,7 @@ def raw_member_csv(raw_csv: Path, k: int) -> Path:
 def _scored(paths: list[Path], ensemble: Ensemble, guard: Guard, timing: Timing, settings: RunSettings):
     """(path, level, each model's probabilities [models, n, classes]) per soundscape, in order:
     from a SoundscapePool, or from feature workers feeding the model in this process."""
-    n_pool = settings.parallel_soundscapes(ensemble.ms_per_window)
+    n_pool = settings.parallel_soundscapes(ensemble.slowest_ms_per_window)
     if n_pool > 0 and len(paths) > 1:
         yield from SoundscapePool(paths, ensemble, guard, n_pool).results(timing)
         return
@@ -604,7 +615,7 @@ def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
     workers, threads = settings.resolved()
     ensemble = load_ensemble(kit_dir, manifest, threads)
     names = ", ".join(f"{m.name} ({m.ms_per_window:.1f} ms/window)" for m in ensemble.models)
-    pool = settings.parallel_soundscapes(ensemble.ms_per_window)
+    pool = settings.parallel_soundscapes(ensemble.slowest_ms_per_window)
     how = (f"{pool} soundscape workers (decode, features, model; 1 thread each)" if pool
            else f"{workers} feature workers, {threads} model threads")
     print(f"models: {names}; {len(ensemble.classes)} classes; {how}; deadline {settings.deadline_s / 60:.0f} min; "

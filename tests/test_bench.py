@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,7 +64,7 @@ def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_ka
     assert main(["--data", str(chain.data_dir), "--soundscapes", "1"]) == 0
     text = capsys.readouterr().out
     header = next(line for line in text.splitlines() if line.startswith("model "))
-    for column in ("decode", "features", "model 1t", "model all*", "pipeline", "overhead", "peak GB",
+    for column in ("decode", "features", "model 1t", "model all*", "pipeline", "overhead", "start-up s", "peak GB",
                    "at 4 cores***", "Kaggle min**"):
         assert column in header
     row = json.loads((output_root() / "bench" / "out" / "infer.json").read_text())["models"][0]
@@ -71,6 +73,32 @@ def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_ka
     assert row["overhead"] == row["pipeline_s"] / row["model_all_cores_s"]
     assert 0.05 < row["peak_gb"] < 4 and 0.05 < row["kaggle_peak_gb"] < 4
     assert f"{row['kaggle_peak_gb']:13.2f} {row['projected_min']:12.1f}" in text
+
+
+def test_the_pipeline_levers_time_an_ensemble_in_each_way_the_notebook_can_use_the_cores(chain, tmp_path):
+    from bench.infer import Benched, format_levers, pipeline_levers, write_soundscapes
+    from data.paths import dist_dir
+
+    scapes = write_soundscapes(tmp_path / "scapes", 3, seconds=30.0)
+    model = dist_dir() / "dataset" / "model.onnx"
+    rows = pipeline_levers(Benched("pair", [model, model]), scapes)
+    pool = f"{os.cpu_count()} whole-soundscape workers"
+    beside = f"{max(1, os.cpu_count() // 2)} feature worker(s) beside the model"
+    assert [r["lever"] for r in rows] == [f"pipeline: {beside}, not serial", f"pipeline: {pool} (1 thread), not serial",
+                                          f"pipeline: {pool}, not {beside}"]
+    assert all(r["model"] == "pair" and r["seconds"] > 0 and r["baseline"] > 0 for r in rows)
+    assert rows[2]["seconds"] == rows[1]["seconds"] and rows[2]["baseline"] == rows[0]["seconds"]
+    assert f"{rows[0]['baseline'] / rows[0]['seconds']:7.2f}x" in format_levers(rows)
+
+
+def test_the_pipelines_pace_leaves_out_the_workers_start_up_and_reports_it_apart():
+    from bench.infer import steady_pace_s
+
+    # two workers: 3 s to load their models, then 2 s per soundscape each (one per second together)
+    done = [5.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    pace, startup = steady_pace_s(done, warm=2)
+    assert pace == pytest.approx(1.0) and startup == pytest.approx(3.0)
+    assert steady_pace_s([4.0], warm=2) == (4.0, 0.0)  # one soundscape: nothing to leave out
 
 
 def test_bench_train_times_the_real_loop_across_epochs_against_the_ceiling(tiny_dataset, capsys):

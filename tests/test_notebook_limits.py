@@ -81,6 +81,12 @@ def test_bad_files_are_logged_and_the_run_carries_on(bad_run):
     assert rows_of(sub, "b_corrupt").drop(columns="row_id").to_numpy().max() == 0.0
 
 
+def test_the_timing_records_when_each_soundscape_was_written_in_order(bad_run):
+    _, timing = bad_run
+    assert len(timing.done_s) == timing.soundscapes == 6
+    assert all(0 < a <= b for a, b in zip(timing.done_s, timing.done_s[1:]))
+
+
 def test_a_stereo_44k_file_gives_the_same_rows_as_its_32k_mono_version(model, bad_test_folder, tmp_path):
     stereo = soundscape_features(bad_test_folder / "e_stereo_44k.wav", model.features)
     mono = soundscape_features(bad_test_folder / "a_good.ogg", model.features)
@@ -174,6 +180,21 @@ def test_by_default_only_fast_models_run_in_whole_soundscape_workers():
     from submission.infer import POOL_MAX_MS_PER_WINDOW
 
     auto = RunSettings()
-    assert auto.parallel_soundscapes(ms_per_window=1.3) == os.cpu_count()  # simple_cnn-like: one per core
-    assert auto.parallel_soundscapes(ms_per_window=POOL_MAX_MS_PER_WINDOW + 15) == 0  # inception-like: features beside it
-    assert RunSettings(soundscape_workers=3).parallel_soundscapes(ms_per_window=100.0) == 3
+    assert auto.parallel_soundscapes(slowest_ms_per_window=1.3) == os.cpu_count()  # simple_cnn-like: one per core
+    # inception-like: features beside it
+    assert auto.parallel_soundscapes(slowest_ms_per_window=POOL_MAX_MS_PER_WINDOW + 15) == 0
+    assert RunSettings(soundscape_workers=3).parallel_soundscapes(slowest_ms_per_window=100.0) == 3
+
+
+def test_an_ensemble_of_fast_models_runs_in_whole_soundscape_workers_though_their_sum_is_slow(model):
+    from dataclasses import replace
+
+    from submission.infer import POOL_MAX_MS_PER_WINDOW
+
+    fast = [replace(model, name=f"m{i}", ms_per_window=0.8 * POOL_MAX_MS_PER_WINDOW) for i in range(3)]
+    ensemble = Ensemble(fast)
+    assert ensemble.ms_per_window > POOL_MAX_MS_PER_WINDOW
+    assert ensemble.slowest_ms_per_window == pytest.approx(0.8 * POOL_MAX_MS_PER_WINDOW)
+    slow = Ensemble([*fast, replace(model, name="slow", ms_per_window=2 * POOL_MAX_MS_PER_WINDOW)])
+    assert RunSettings().parallel_soundscapes(ensemble.slowest_ms_per_window) > 0
+    assert RunSettings().parallel_soundscapes(slow.slowest_ms_per_window) == 0
