@@ -4,7 +4,10 @@ For each model, on the current device, with the run's own batch size and precisi
   - real: samples/s of the training loop reading the feature cache through the DataLoader,
     augmentation included (train.loop.train_epoch, warm-up steps excluded);
   - ceiling: samples/s of the same train_step on random tensors already on the device;
-  - their ratio. Below ~0.8 the data pipeline, not the model, is the bottleneck.
+  - their ratio. Below ~0.8 the data pipeline, not the model, is the bottleneck;
+  - an epoch's seconds in training (the training windows at the real pace) and outside it
+    (validation, metrics, curves when due, checkpoints handed to the background writer: the run's
+    own train.loop.record_epoch). On a GPU a small dataset's epoch can spend more outside than in.
 Results also go to bench/out/train.json (under BIRDKIT_ROOT when set).
 """
 from __future__ import annotations
@@ -15,13 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data.paths import output_root
 from data.preprocess import PreprocessConfig, ensure_cache
 from train.config import config_for
+from train import dist
 from train.loop import (
-    augment, batch_targets, make_optimizer, make_scaler, prepare, select_device, setup_model, train_epoch, train_step,
+    EpochResult, augment, batch_targets, make_optimizer, make_scaler, new_state, prepare, record_epoch, select_device,
+    setup_model, train_epoch, train_step,
 )
 from train.models import DEFAULT_MODELS, MODEL_NAMES
 
@@ -69,6 +75,20 @@ def real(model, cfg, data, device, steps: int, warmup: int) -> float:
     return samples / (time.perf_counter() - t0)
 
 
+def bookkeeping(cfg, data, device, run_dir: Path, epochs: int = 4) -> float:
+    """Median seconds per epoch that a run spends outside training (its first epochs, which also
+    draw the curves and save the first best checkpoint, included in the median)."""
+    state = new_state(cfg, data, device, dist.Dist(), pretrained=False)
+    times = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        record_epoch(cfg, state, data, device, epoch, run_dir, EpochResult(0.0, 0.0), train_s=0.0)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    state.writer.wait()  # not timed: the next epoch's training overlaps it
+    return float(np.median(times))
+
+
 def bench(model_name: str, data_dir: Path, device: torch.device, steps: int, warmup: int, run_dir: Path,
           num_workers: int = -1) -> dict:
     cfg = config_for(model_name, str(data_dir.resolve()), pretrained=False, device=device.type,
@@ -78,9 +98,11 @@ def bench(model_name: str, data_dir: Path, device: torch.device, steps: int, war
     model = setup_model(cfg, len(data.classes), device, pretrained=False)  # channels_last, cuDNN autotuning
     real_sps = real(model, cfg, data, device, steps, warmup)
     ceiling_sps = ceiling(model, cfg, len(data.classes), device, steps, warmup)
+    outside_s = bookkeeping(cfg, data, device, run_dir)
     return {"model": model_name, "device": str(device), "batch": cfg.batch_size, "amp": cfg.amp and device.type == "cuda",
             "workers": data.train_loader.num_workers, "real_samples_per_s": real_sps,
-            "ceiling_samples_per_s": ceiling_sps, "ratio": real_sps / ceiling_sps, "steps": steps}
+            "ceiling_samples_per_s": ceiling_sps, "ratio": real_sps / ceiling_sps, "steps": steps,
+            "epoch_train_s": len(data.splits.train) / real_sps, "epoch_outside_s": outside_s}
 
 
 def device_name(device: torch.device) -> str:
@@ -105,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench(m, Path(args.data), device, args.steps, args.warmup, scratch, args.num_workers)
             for m in args.models]
     print(f"\nbench-train on {device_name(device)}, data {Path(args.data).name}")
-    print(f"{'model':14s} {'batch':>5s} {'workers':>7s} {'real samples/s':>15s} {'ceiling samples/s':>18s} {'ratio':>6s}")
+    print(f"{'model':14s} {'batch':>5s} {'workers':>7s} {'real samples/s':>15s} {'ceiling samples/s':>18s} {'ratio':>6s} "
+          f"{'epoch s: training':>18s} {'outside':>8s}")
     for r in rows:
         print(f"{r['model']:14s} {r['batch']:5d} {r['workers']:7d} {r['real_samples_per_s']:15.1f} "
-              f"{r['ceiling_samples_per_s']:18.1f} {r['ratio']:6.2f}")
+              f"{r['ceiling_samples_per_s']:18.1f} {r['ratio']:6.2f} {r['epoch_train_s']:18.2f} {r['epoch_outside_s']:8.2f}")
     (out / "train.json").write_text(json.dumps({"device": device_name(device), "rows": rows}, indent=2) + "\n")
     return 0
 

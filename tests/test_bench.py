@@ -114,6 +114,8 @@ def test_bench_train_times_the_real_loop_across_epochs_against_the_ceiling(tiny_
     assert row["real_samples_per_s"] > 0 and row["ceiling_samples_per_s"] > 0
     assert row["ratio"] == row["real_samples_per_s"] / row["ceiling_samples_per_s"]
     assert f"{row['ratio']:6.2f}" in text
+    assert row["epoch_train_s"] > 0 and row["epoch_outside_s"] > 0  # validation at least, on the real split
+    assert "epoch s: training" in text and f"{row['epoch_outside_s']:8.2f}" in text
 
 
 NO_AUDIO_PYTHON = '''"""python without the audio libraries, as on the lent GPU machines: their imports fail."""
