@@ -10,7 +10,8 @@
 #   there: bench/gpu_check.sh run data/gpu/realbirds "$OUT" 480
 #          -> in priority order, each step in what is left of 480 s: make bench-train with the
 #             training default workers, then with none; the four models trained from scratch;
-#             5-fold cross-validation model by model (CV_RUNS), as many folds as time leaves. Logs, the
+#             5-fold cross-validation model by model, then resnet18's levers one at a time (CV_RUNS),
+#             as many as time leaves. Logs, the
 #             bench table, every run's config, history, learning curves and split land in $OUT.
 set -u
 mode=${1:?usage: bench/gpu_check.sh stage DATA | run DATA OUT [SECONDS]}
@@ -65,11 +66,18 @@ step bench_train_no_workers $PY -m bench.train --data "$data" --models $MODELS -
     --warmup $WARMUP --num-workers 0
 cp "$root/bench/out/train.json" "$out/bench_train_no_workers.json" 2>/dev/null
 step train $PY -m train --data "$data" --models $MODELS --no-pretrained --device $DEVICE $TRAIN_ARGS
-# model:recipe, most wanted first: the kit's default, then the two the CPU could not afford, with
-# the reference's from-scratch recipe and with their own.
-for run in ${CV_RUNS-resnet18:auto efficientnet_b0:scratch inception_v3:scratch simple_cnn:auto efficientnet_b0:seed inception_v3:seed}; do
-    step "cv_${run/:/_}" $PY -m train --data "$data" --models "${run%%:*}" --recipe "${run##*:}" --no-pretrained \
-        --device $DEVICE --cv 5 --holdout-fraction 0 $TRAIN_ARGS
+# model:recipe[:flags], most wanted first: the kit's default, then the two the CPU could not afford,
+# with the reference's from-scratch recipe and with their own; then, while time is left, resnet18's
+# levers one at a time on the same folds (flags joined by commas), and other folds (seed 1).
+LEVERS="--seed=1 --ema-decay=0.99 --epochs=80 --lr-schedule=onecycle --random-crop --balance-power=0.5
+        --mixup-prob=0 --no-spec-mask --power-mix-prob=0.5"
+for run in ${CV_RUNS-resnet18:auto efficientnet_b0:scratch inception_v3:scratch simple_cnn:auto efficientnet_b0:seed \
+        inception_v3:seed $(for lever in $LEVERS; do echo "resnet18:auto:$lever"; done)}; do
+    IFS=: read -r model recipe flags <<< "$run"
+    flags=${flags//,/ }
+    tag=$(echo "$flags" | sed 's/--//g; s/[= ]/_/g')  # cv_resnet18_auto_ema-decay_0.99
+    step "cv_${model}_${recipe}${tag:+_$tag}" $PY -m train --data "$data" --models "$model" --recipe "$recipe" \
+        --no-pretrained --device $DEVICE --cv 5 --holdout-fraction 0 $flags $TRAIN_ARGS
 done
 step report $PY -m train.report --data "$data"
 

@@ -148,17 +148,21 @@ def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(
 
     (tmp_path / "noaudio.py").write_text(NO_AUDIO_PYTHON)
     env = {**os.environ, "PYTHON": f"{sys.executable} {tmp_path / 'noaudio.py'}", "DEVICE": "cpu", "STEPS": "2",
-           "WARMUP": "1", "MODELS": "simple_cnn", "CV_RUNS": "simple_cnn:auto", "TRAIN_ARGS": "--epochs 1"}
+           "WARMUP": "1", "MODELS": "simple_cnn", "CV_RUNS": "simple_cnn:auto simple_cnn:auto:--ema-decay=0.9,--random-crop",
+           "TRAIN_ARGS": "--epochs 1"}
     out = tmp_path / "out"
     run = subprocess.run(["bash", script, "run", str(data), str(out), "600"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     steps = (out / "steps.txt").read_text()
-    for name in ("bench_train", "bench_train_no_workers", "train", "cv_simple_cnn_auto", "report"):
+    for name in ("bench_train", "bench_train_no_workers", "train", "cv_simple_cnn_auto",
+                 "cv_simple_cnn_auto_ema-decay_0.9_random-crop", "report"):
         assert f"== {name}: exit 0 after" in steps, run.stdout[-3000:]
     assert "PyTorch version" in (out / "gpu.txt").read_text()
     assert json.loads((out / "bench_train_no_workers.json").read_text())["rows"][0]["workers"] == 0
-    configs = sorted(out.rglob("config.json"))
-    assert len(configs) == 6  # one single-split run and five folds, copied without their checkpoints
-    assert all(json.loads(c.read_text())["device"] == "cpu" for c in configs)
-    assert len(list(out.rglob("*.png"))) >= 6 and not list(out.rglob("*.pt"))
-    assert len(list(out.rglob("val_last.npz"))) == 6  # the logits, to score other activations afterwards
+    configs = [json.loads(c.read_text()) for c in sorted(out.rglob("config.json"))]
+    assert len(configs) == 11  # one single-split run and twice five folds, copied without their checkpoints
+    assert all(c["device"] == "cpu" for c in configs)
+    levered = [c for c in configs if c["ema_decay"] == 0.9]  # the second cross-validation's flags reached it
+    assert len(levered) == 5 and all(c["random_crop"] and c["folds"] == 5 for c in levered)
+    assert len(list(out.rglob("*.png"))) >= 11 and not list(out.rglob("*.pt"))
+    assert len(list(out.rglob("val_last.npz"))) == 11  # the logits, to score other activations afterwards
