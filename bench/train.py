@@ -82,7 +82,7 @@ def bookkeeping(cfg, data, device, run_dir: Path, epochs: int = 4) -> float:
     times = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        record_epoch(cfg, state, data, device, epoch, run_dir, EpochResult(0.0, 0.0), train_s=0.0)
+        record_epoch(cfg, state, data, device, epoch, run_dir, EpochResult(0.0, 0.0))
         _sync(device)
         times.append(time.perf_counter() - t0)
     state.writer.wait()  # not timed: the next epoch's training overlaps it

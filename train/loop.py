@@ -96,6 +96,7 @@ class EpochResult:
     train_loss: float
     samples_per_s: float
     samples: int = 0  # this process's windows
+    seconds: float = 0.0  # the pass's wall time
 
 
 def augment(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
@@ -144,7 +145,8 @@ def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen:
             ema.update(dist.unwrap(model))
         n += len(x)
     total = torch.stack(losses).sum().item() if losses else 0.0  # one device sync per epoch
-    return EpochResult(total / max(n, 1), n * world / (time.perf_counter() - t0), n)
+    seconds = time.perf_counter() - t0
+    return EpochResult(total / max(n, 1), n * world / seconds, n, seconds)
 
 
 @torch.no_grad()
@@ -325,15 +327,14 @@ def new_state(cfg: TrainConfig, data: Prepared, device: torch.device, d: dist.Di
 def run_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch: int, run_dir: Path,
               d: dist.Dist = dist.Dist()) -> None:
     """Train, then validate and record (record_epoch)."""
-    t0 = time.perf_counter()
     data.set_epoch(epoch)
     tr = train_epoch(state.model, data.train_loader, cfg, state.optimizer, device, state.scaler, state.aug_gen,
                      scheduler=state.scheduler, ema=state.ema, world=d.world)
-    record_epoch(cfg, state, data, device, epoch, run_dir, tr, time.perf_counter() - t0, d)
+    record_epoch(cfg, state, data, device, epoch, run_dir, tr, d)
 
 
 def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch: int, run_dir: Path,
-                 tr: EpochResult, train_s: float, d: dist.Dist = dist.Dist()) -> None:
+                 tr: EpochResult, d: dist.Dist = dist.Dist()) -> None:
     """Validate, print and write the epoch's metrics; hand the best checkpoint (when it improved)
     and last.pt (the resume point) to the background writer."""
     t0 = time.perf_counter()
@@ -344,7 +345,7 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
         "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,
         "val_accuracy": accuracy(val.label_idx, probs),
         "val_roc_auc": macro_roc_auc(_one_hot(val.label_idx, len(data.classes)), probs),
-        "train_samples_per_s": tr.samples_per_s, "train_s": train_s, "epoch_s": train_s + time.perf_counter() - t0,
+        "train_samples_per_s": tr.samples_per_s, "train_s": tr.seconds, "epoch_s": tr.seconds + time.perf_counter() - t0,
         "lr": state.optimizer.param_groups[0]["lr"],
     }
     state.history.append(row)
@@ -356,7 +357,10 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
     if improved:
         state.best = row
     if d.main:
-        _write_history(state.history, run_dir, cfg, draw=_curves_due(state, epoch, cfg.epochs))
+        now = time.monotonic()
+        draw = _curves_due(state.curves_drawn_at, now, epoch, cfg.epochs)
+        _write_history(state.history, run_dir, cfg, draw)
+        state.curves_drawn_at = now if draw else state.curves_drawn_at
         # The latest epoch's logits: any activation can be scored afterwards from them.
         np.savez_compressed(run_dir / "val_last.npz", logits=logits, label_idx=val.label_idx, epoch=epoch)
         write_best = _best_files(state.evaluated, cfg, data.classes, row, probs, logits, val, run_dir) if improved else None
@@ -370,13 +374,9 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
     dist.barrier(d)
 
 
-def _curves_due(state: TrainState, epoch: int, epochs: int) -> bool:
-    """Whether to redraw curves.png now: the first and last epochs, else every CURVES_EVERY_S."""
-    now = time.monotonic()
-    if epoch == epochs or state.curves_drawn_at is None or now - state.curves_drawn_at >= CURVES_EVERY_S:
-        state.curves_drawn_at = now
-        return True
-    return False
+def _curves_due(drawn_at: float | None, now: float, epoch: int, epochs: int) -> bool:
+    """Whether to redraw curves.png: never drawn yet, the last epoch, or CURVES_EVERY_S since the last."""
+    return drawn_at is None or epoch == epochs or now - drawn_at >= CURVES_EVERY_S
 
 
 def _one_hot(idx: np.ndarray, n: int) -> np.ndarray:
