@@ -75,3 +75,25 @@ def test_a_run_redraws_its_curves_on_the_first_and_last_epochs_and_otherwise_at_
     # best.pt, written in the background, holds the epoch that ranked first by (ROC-AUC, accuracy)
     ranked = max(metrics.itertuples(), key=lambda r: (r.val_roc_auc, r.val_accuracy, -r.epoch))
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["epoch"] == ranked.epoch
+
+
+def test_best_pt_takes_the_ema_weights_from_the_epochs_snapshot_when_an_ema_is_on(tiny_dataset, tmp_path):
+    import train.loop as loop
+    from data.features import FeatureConfig
+    from data.preprocess import PreprocessConfig, ensure_cache
+    from train.config import config_for
+
+    cfg = config_for("simple_cnn", str(tiny_dataset), epochs=1, pretrained=False, device="cpu",
+                     max_windows_per_recording=1, ema_decay=0.9)
+    cache = ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
+    data = loop.prepare(cfg, cache, tmp_path, torch.device("cpu"))
+    state = loop.new_state(cfg, data, torch.device("cpu"), loop.dist.Dist(), pretrained=False)
+    loop.train_epoch(state.model, data.train_loader, cfg, state.optimizer, torch.device("cpu"), state.scaler,
+                     state.aug_gen, ema=state.ema)
+    weights = state.evaluated_weights(state.snapshot(data.classes))
+    ema, raw = state.ema.module.state_dict(), state.model.state_dict()
+    assert all(torch.equal(weights[k], ema[k]) for k in ema)
+    assert not all(torch.equal(weights[k], raw[k]) for k in raw)  # the average, not the last step's weights
+    state.ema = None
+    weights = state.evaluated_weights(state.snapshot(data.classes))
+    assert all(torch.equal(weights[k], raw[k]) for k in raw)

@@ -28,11 +28,15 @@ def host_copy(obj):
     return obj
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """A killed write leaves the previous file whole: write beside it, then rename over it."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """A killed write leaves the previous file whole: `write` a file beside it, then rename it over."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class BackgroundWriter:

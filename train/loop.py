@@ -31,7 +31,7 @@ from train import dist
 from data.layout import class_change, class_list, read_metadata
 from data.preprocess import FeatureCache
 from train.augment import mixup, power_mix, spec_mask, time_shift
-from train.checkpoint import BackgroundWriter, atomic_torch_save, host_copy
+from train.checkpoint import BackgroundWriter, atomic_torch_save, atomic_write, host_copy
 from train.config import TrainConfig
 from train.data import CachedWindows, EpochSampler, balance_weights, loader, make_splits
 from train.metrics import accuracy, macro_roc_auc
@@ -166,9 +166,7 @@ def predict(model, loader, cfg: TrainConfig, device) -> tuple[float, np.ndarray]
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 @dataclass
@@ -242,6 +240,11 @@ class TrainState:
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
             "history": self.history, "best": self.best, "classes": classes,
         })
+
+    @staticmethod
+    def evaluated_weights(snapshot: dict) -> dict:
+        """The evaluated model's state_dict inside a snapshot: best.pt shares last.pt's copy."""
+        return snapshot["ema"]["module"] if snapshot["ema"] is not None else snapshot["model_state"]
 
     def load(self, path: Path, classes: list[str], state: dict | None = None) -> None:
         """Restore from last.pt (or from `state`, its contents already loaded)."""
@@ -363,8 +366,9 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
         state.curves_drawn_at = now if draw else state.curves_drawn_at
         # The latest epoch's logits: any activation can be scored afterwards from them.
         np.savez_compressed(run_dir / "val_last.npz", logits=logits, label_idx=val.label_idx, epoch=epoch)
-        write_best = _best_files(state.evaluated, cfg, data.classes, row, probs, logits, val, run_dir) if improved else None
         last = state.snapshot(data.classes)
+        write_best = (_best_files(state.evaluated_weights(last), cfg, data.classes, row, probs, logits, val, run_dir)
+                      if improved else None)
 
         def write_files() -> None:  # in the writer's thread: best first, then the resume point
             if write_best is not None:
@@ -388,17 +392,14 @@ def _one_hot(idx: np.ndarray, n: int) -> np.ndarray:
 def _write_history(history: list[dict], run_dir: Path, cfg: TrainConfig, draw: bool = True) -> None:
     """metrics.csv every epoch; curves.png when `draw` (a plot costs ~0.4 s, a GPU epoch less)."""
     df = pd.DataFrame(history)
-    tmp = run_dir / ".metrics.csv.tmp"
-    df.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, run_dir / "metrics.csv")
+    atomic_write(run_dir / "metrics.csv", lambda tmp: df.to_csv(tmp, index=False, float_format="%.6f"))
     if draw:
         plot_curves(df, run_dir / "curves.png", f"{cfg.model} on {Path(cfg.data_dir).name}")
 
 
-def _best_files(model, cfg: TrainConfig, classes: list[str], row: dict, probs: np.ndarray, logits: np.ndarray, val,
-                run_dir: Path):
-    """A job writing best.pt and its validation predictions from weights copied now."""
-    weights = host_copy(model.state_dict())
+def _best_files(weights: dict, cfg: TrainConfig, classes: list[str], row: dict, probs: np.ndarray,
+                logits: np.ndarray, val, run_dir: Path):
+    """A job writing best.pt (weights: a host-memory copy) and its validation predictions."""
     ckpt = {"model_state": weights, "config": cfg.to_dict(), "classes": classes, "epoch": row["epoch"], "metrics": row}
 
     def write() -> None:
