@@ -73,6 +73,42 @@ def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_ka
     assert row["overhead"] == row["pipeline_s"] / row["model_all_cores_s"]
     assert 0.05 < row["peak_gb"] < 4 and 0.05 < row["kaggle_peak_gb"] < 4
     assert f"{row['kaggle_peak_gb']:13.2f} {row['projected_min']:12.1f}" in text
+    # the chain packaged the exported model alone, so its row is what ships, with its verdict
+    assert row["ships"] is True
+    assert "what `make package` ships (the default submission): simple_cnn: " in text
+
+
+def test_the_targets_a_row_misses_are_named_with_their_values():
+    from bench.infer import targets_missed, verdict
+
+    row = {"model": "m", "projected_min": 19.2, "overhead": 1.13, "kaggle_peak_gb": 2.97}
+    assert targets_missed(row) == []
+    assert verdict(row).endswith("m: all three targets met")
+    slow = {**row, "overhead": 2.54, "projected_min": 31.0, "kaggle_peak_gb": 4.5}
+    assert targets_missed(slow) == ["Kaggle min 31.00 > 30", "overhead 2.54 > 1.3", "peak GB at 4 cores 4.50 > 4"]
+    assert "misses Kaggle min 31.00 > 30, overhead 2.54 > 1.3" in verdict(slow)
+
+
+def test_an_ensemble_the_package_ships_is_timed_in_its_own_row_marked_as_shipping(chain, tmp_path, monkeypatch):
+    import bench.infer
+    from bench.infer import Benched, with_package
+    from data.paths import dist_dir
+
+    exported = Benched("simple_cnn", [chain.export_dir / "model.onnx"])
+    assert [b.ships for b in with_package(exported, chain)] == [True]  # the chain shipped it alone
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    manifest = json.loads((dist_dir() / "dataset" / "birdkit.json").read_text())
+    manifest["models"] = [{**manifest["models"][0], "file": "model.onnx"},
+                          {**manifest["models"][0], "file": "model-2.onnx", "sha256": "other"}]
+    (dataset / "birdkit.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(bench.infer, "dist_dir", lambda: tmp_path)
+    rows = with_package(exported, chain)
+    assert [(b.name, b.ships) for b in rows] == [("simple_cnn", False), ("package: simple_cnn + simple_cnn (mean)", True)]
+    assert rows[1].onnx_paths == [dataset / "model.onnx", dataset / "model-2.onnx"]
+    manifest["dataset"] = "another"
+    (dataset / "birdkit.json").write_text(json.dumps(manifest))
+    assert [b.ships for b in with_package(exported, chain)] == [False]  # packaged for other data: nothing known
 
 
 def test_the_pipeline_levers_time_an_ensemble_in_each_way_the_notebook_can_use_the_cores(chain, tmp_path):
