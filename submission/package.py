@@ -211,6 +211,39 @@ def labelled_soundscapes(cfg: PackageConfig, what: str):
         raise PackageError(f"{what} is judged by the local score: {e}") from None
 
 
+def withheld_split(members: list[tuple[Path, dict]], data_dir: Path) -> tuple[float, int] | None:
+    """(holdout fraction, seed) that every member's run withheld from training on data_dir, or
+    None where a run withheld nothing, used other settings than the rest, or is not found."""
+    runs_dir = Workspace.of(data_dir).runs_dir
+    splits = set()
+    for _, meta in members:
+        config_path = runs_dir / str(meta.get("run")) / "config.json"
+        if not config_path.exists():
+            return None
+        config = json.loads(config_path.read_text())
+        splits.add((float(config.get("holdout_fraction", 0.0)), int(config.get("seed", 0))))
+    if len(splits) != 1:
+        return None
+    fraction, seed = splits.pop()
+    return (fraction, seed) if fraction > 0 else None
+
+
+def build_withheld_holdout(members: list[tuple[Path, dict]], cfg: PackageConfig):
+    """`make holdout` brought in by the package: where DATA has no labelled soundscapes but the
+    members' runs withheld recordings (`make train`'s default), mix those into soundscapes and
+    judge the ensemble on them. None where there is nothing withheld to build from."""
+    from data.holdout import HoldoutConfig, build_holdout
+
+    split = withheld_split(members, cfg.data_dir) if cfg.data_dir is not None else None
+    if split is None:
+        return None
+    fraction, seed = split
+    print(f"package: no labelled soundscapes for {Workspace.of(cfg.data_dir).name}: building them from the "
+          f"recordings the runs withheld (`make holdout`, fraction {fraction:g}, seed {seed})")
+    build_holdout(cfg.data_dir, HoldoutConfig(seed=seed, fraction=fraction))
+    return labelled_soundscapes(cfg, "an ensemble")
+
+
 def judged_prefix(members: list[tuple[Path, dict]], cfg: PackageConfig) -> list[tuple[Path, dict]]:
     """The best-first prefix that scores best on the labelled soundscapes (submission/ensemble.py);
     the best model alone where there are none to judge by."""
@@ -219,8 +252,10 @@ def judged_prefix(members: list[tuple[Path, dict]], cfg: PackageConfig) -> list[
     try:
         labelled = labelled_soundscapes(cfg, "an ensemble")
     except PackageError as e:
-        print(f"package: shipping {members[0][1].get('model_name')} alone: {e}")
-        return members[:1]
+        labelled = build_withheld_holdout(members, cfg)
+        if labelled is None:
+            print(f"package: shipping {members[0][1].get('model_name')} alone: {e}")
+            return members[:1]
     verdict = judge([path for path, _ in members], cfg.combine, labelled.soundscapes, labelled.solution,
                     cfg.data_dir / "sample_submission.csv")
     names = [meta.get("model_name") for _, meta in members]

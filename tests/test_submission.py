@@ -172,6 +172,39 @@ def test_packaging_with_nothing_to_judge_an_ensemble_by_ships_the_best_model_alo
     assert "alone: an ensemble needs --data" in capsys.readouterr().out
 
 
+def test_packaging_builds_the_hold_out_from_what_the_runs_withheld_when_there_is_nothing_else_to_judge_by(
+        two_exports, chain, tmp_path, capsys):
+    import shutil
+
+    from data.layout import read_metadata
+    from data.paths import Workspace
+    from data.split import holdout_recordings
+    from submission.package import PackageConfig, package, read_onnx_metadata, withheld_split
+
+    data = tmp_path / "unlabelled"
+    shutil.copytree(chain.data_dir, data)  # no solution beside the copy: no labelled soundscapes
+    ws = Workspace.of(data)
+    members = [(path, read_onnx_metadata(path)) for path in two_exports]
+    assert withheld_split(members, data) is None  # the runs are not there yet
+    for _, meta in members:  # the chain's runs, as if trained with make train's default hold-out
+        shutil.copytree(chain.runs_dir / meta["run"], ws.runs_dir / meta["run"])
+        config_path = ws.runs_dir / meta["run"] / "config.json"
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "holdout_fraction": 0.15}))
+    assert withheld_split(members, data) == (0.15, 0)
+
+    package(PackageConfig(two_exports, tmp_path / "dist", data_dir=data, judge_ensemble=True, budget_min=1e6,
+                          bundle_wheels=False))
+    printed = capsys.readouterr().out
+    assert "no labelled soundscapes for unlabelled: building them from the recordings the runs withheld" in printed
+    held = json.loads((ws.holdout_dir / "holdout.json").read_text())["recordings"]
+    assert held and sorted(held) == sorted(holdout_recordings(read_metadata(data), 0.15, 0))
+    assert "local score of the best-first ensembles (mean): simple_cnn " in printed
+
+    second = ws.runs_dir / members[1][1]["run"] / "config.json"
+    second.write_text(json.dumps({**json.loads(second.read_text()), "seed": 1}))
+    assert withheld_split(members, data) is None  # runs that withheld different recordings: nothing shared
+
+
 def test_scoring_refuses_an_ensemble_whose_any_member_trained_on_a_held_out_recording(tmp_path):
     from data.paths import Workspace
     from submission.score import LabelledSet, ScoreError, check_no_leak
