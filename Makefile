@@ -114,7 +114,7 @@ demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
 	$(PY) -m train.report --data $(SAMPLE)
 
 test: venv  ## the test suite (installs .venv first)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
 
 clean:  ## remove generated data, caches, runs and build outputs (keeps .venv and downloads)
 	rm -rf $(SAMPLE) data/sample_solution.csv data/cache data/holdout train/runs export/out submission/dist submission/score
