@@ -300,7 +300,8 @@ def test_torchvision_models_without_imagenet_weights_get_the_from_scratch_recipe
     fine_tune = config_for("resnet18", "data")  # ImageNet weights: the seed's fine-tuning settings
     assert (fine_tune.optimizer, fine_tune.lr, fine_tune.epochs) == ("adam", MODEL_DEFAULTS["resnet18"]["lr"], 20)
     assert fine_tune.input_hw is None and fine_tune.mixup_prob == 0.0 and fine_tune.power_mix_prob == 0.5
-    assert set(SCRATCH_DEFAULTS) == {"resnet18"}  # the others keep the recipes they were measured with
+    assert config_for("efficientnet_b0", "data", pretrained=False).input_hw == (128, 313)  # measured better too
+    assert set(SCRATCH_DEFAULTS) == {"resnet18", "efficientnet_b0"}  # the others keep the recipes they were measured with
 
 
 def test_a_recipe_can_be_forced_for_any_model_from_the_command_line(tiny_dataset):

@@ -22,11 +22,13 @@ MODEL_DEFAULTS = {
 # spec masks, 40 epochs), measured on realbirds' folds in the README. Power mixing is off in it:
 # it cost resnet18 0.04-0.06 window accuracy in four folds of five and helped in none. "native" feeds the
 # spectrogram at its own mel bins x frames instead of stretching it to an ImageNet square.
-# inception_v3 and efficientnet_b0 keep their seed recipes until the recipe is measured on them.
+# efficientnet_b0 from scratch takes it too: on seed 0's fold 0 it scored 0.713 / 0.978 (last
+# epoch) against 0.564 / 0.939 for its seed recipe, and it led on make train's split as well.
+# inception_v3 keeps its seed recipe until the recipe is measured on it.
 SCRATCH_RECIPE = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, lr_schedule="cosine", warmup_epochs=2.0,
                       mixup_prob=0.5, power_mix_prob=0.0, spec_mask=True, epochs=40, batch_size=32)
 SCRATCH_NATIVE = {**SCRATCH_RECIPE, "input_hw": "native"}  # the recipe with the unstretched spectrogram
-SCRATCH_DEFAULTS = {"resnet18": SCRATCH_NATIVE}
+SCRATCH_DEFAULTS = {"resnet18": SCRATCH_NATIVE, "efficientnet_b0": SCRATCH_NATIVE}
 
 # The demo's short CPU schedule: minutes on two cores, no downloads.
 DEMO_SCHEDULE = {
