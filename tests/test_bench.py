@@ -79,14 +79,15 @@ def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_ka
 
 
 def test_the_targets_a_row_misses_are_named_with_their_values():
-    from bench.infer import targets_missed, verdict
+    from bench.infer import targets_cell, targets_missed, verdict
 
     row = {"model": "m", "projected_min": 19.2, "overhead": 1.13, "kaggle_peak_gb": 2.97}
-    assert targets_missed(row) == []
+    assert targets_missed(row) == [] and targets_cell(row) == "met"
     assert verdict(row).endswith("m: all three targets met")
     slow = {**row, "overhead": 2.54, "projected_min": 31.0, "kaggle_peak_gb": 4.5}
     assert targets_missed(slow) == ["Kaggle min 31.00 > 30", "overhead 2.54 > 1.3", "peak GB at 4 cores 4.50 > 4"]
     assert "misses Kaggle min 31.00 > 30, overhead 2.54 > 1.3" in verdict(slow)
+    assert targets_cell({**row, "overhead": 2.54}) == "missed: overhead 2.54 > 1.3"
 
 
 def test_an_ensemble_the_package_ships_is_timed_in_its_own_row_marked_as_shipping(chain, tmp_path, monkeypatch):
