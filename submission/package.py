@@ -214,14 +214,16 @@ def labelled_soundscapes(cfg: PackageConfig, what: str):
 def withheld_split(members: list[tuple[Path, dict]], data_dir: Path) -> tuple[float, int] | None:
     """(holdout fraction, seed) that every member's run withheld from training on data_dir, or
     None where a run withheld nothing, used other settings than the rest, or is not found."""
+    from train.config import TrainConfig
+
     runs_dir = Workspace.of(data_dir).runs_dir
     splits = set()
     for _, meta in members:
         config_path = runs_dir / str(meta.get("run")) / "config.json"
         if not config_path.exists():
             return None
-        config = json.loads(config_path.read_text())
-        splits.add((float(config.get("holdout_fraction", 0.0)), int(config.get("seed", 0))))
+        run = TrainConfig.load(config_path)
+        splits.add((run.holdout_fraction, run.seed))
     if len(splits) != 1:
         return None
     fraction, seed = splits.pop()
@@ -245,8 +247,9 @@ def build_withheld_holdout(members: list[tuple[Path, dict]], cfg: PackageConfig)
 
 
 def judged_prefix(members: list[tuple[Path, dict]], cfg: PackageConfig) -> list[tuple[Path, dict]]:
-    """The best-first prefix that scores best on the labelled soundscapes (submission/ensemble.py);
-    the best model alone where there are none to judge by."""
+    """The best-first prefix that scores best on the labelled soundscapes (submission/ensemble.py),
+    built from the runs' withheld recordings where DATA has none; the best model alone where
+    there is nothing to judge by."""
     from submission.ensemble import MIN_ENSEMBLE_GAIN, judge
 
     try:
