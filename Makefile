@@ -75,7 +75,7 @@ train: venv $(NEEDS_DATA)  ## train MODELS on DATA (preprocesses first when the 
 
 cv: venv $(NEEDS_DATA)  ## FOLDS-fold cross-validation of MODELS grouped by recording (the folds of `make floor`)
 	$(TRAIN_CMD) --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) --cv $(FOLDS) \
-	    --holdout-fraction 0 $(TRAIN_ARGS)
+	    --holdout-fraction 0 $(if $(filter 1 yes true,$(RESUME)),--resume,) $(TRAIN_ARGS)
 
 report: venv  ## compare every run on DATA
 	$(PY) -m train.report --data $(DATA)

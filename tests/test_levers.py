@@ -207,6 +207,44 @@ def test_cv_folds_runs_only_the_named_folds_and_says_so(tiny_dataset, tmp_path, 
     assert "--cv-folds must be between 0 and 2, got [3]" in capsys.readouterr().err
 
 
+def test_a_killed_cross_validation_reuses_its_finished_folds_and_continues_the_killed_one(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    import train.loop as loop
+    from data.paths import Workspace
+    from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    args = ["--data", str(tiny_dataset), "--models", "simple_cnn", "--epochs", "2", "--cv", "3",
+            "--cv-folds", "0", "1", "--holdout-fraction", "0", "--device", "cpu"]
+    real_run_epoch = loop.run_epoch
+
+    def killed_in_fold1_epoch2(cfg, state, data, device, epoch, run_dir, d=loop.dist.Dist()):
+        if cfg.fold == 1 and epoch == 2:
+            raise KeyboardInterrupt
+        real_run_epoch(cfg, state, data, device, epoch, run_dir, d)
+
+    monkeypatch.setattr(loop, "run_epoch", killed_in_fold1_epoch2)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
+    cv_dir = Workspace.of(tiny_dataset).runs_dir / "cv"
+    fold0, fold1 = sorted(cv_dir.glob("simple_cnn-*"))
+    fold0_summary = (fold0 / "summary.json").read_text()
+    capsys.readouterr()
+
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"fold 0: finished in {fold0.name} with the same config, reused" in out
+    assert f"=== simple_cnn -> {fold1} (resuming)" in out and "resumed after epoch 1" in out
+    assert sorted(cv_dir.glob("simple_cnn-*")) == [fold0, fold1]  # no new folder for either fold
+    assert (fold0 / "summary.json").read_text() == fold0_summary
+    assert len(pd.read_csv(fold1 / "metrics.csv")) == 2
+
+    assert main([*args, "--resume", "--epochs", "1", "--cv-folds", "0"]) == 0  # other settings: a new run
+    assert "no killed run with this config to resume" in capsys.readouterr().out
+    assert len(list(cv_dir.glob("simple_cnn-*-fold0"))) == 2
+
+
 def test_a_run_with_every_lever_on_resumes_exactly_after_a_kill(tiny_dataset, tmp_path, monkeypatch):
     import train.loop as loop
     from data.features import FeatureConfig

@@ -6,6 +6,7 @@ run and prints the mean validation metrics (runs under train/runs/<data>/cv/, wh
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -83,7 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--denoise", nargs="?", const="noisereduce", default="none", choices=DENOISE_MODES,
                    help="noise reduction in the features (own cache): none | spectral | noisereduce")
     p.add_argument("--resume", action="store_true",
-                   help="continue each model's latest killed run where it stopped (same config)")
+                   help="continue each model's latest killed run where it stopped (same config); with --cv, "
+                        "reuse the folds already finished with these settings and continue the killed one")
     p.add_argument("--preprocess-workers", type=int, default=0, help="processes for preprocessing (0: all cores)")
     return p.parse_args(argv)
 
@@ -170,14 +172,37 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
         folds = []
         for k in fold_ids:
             cfg = model_config(args, model, features, folds=args.cv, fold=k)
-            summary = fit(cfg, cache_for(args, cfg, d), cv_dir / f"{model}-{stamp}-fold{k}", d=d)
-            folds.append(summary)
+            folds.append(fit_fold(args, cfg, cv_dir, f"{model}-{stamp}-fold{k}", d))
         lines.append(cv_line(model, folds))
     which = "" if len(fold_ids) == args.cv else f", folds {' '.join(map(str, fold_ids))} only"
     print(f"\n{args.cv}-fold cross-validation grouped by recording (mean ± std over folds{which}):")
     print(f"{'model':16s} {'best-epoch acc':>15s} {'best-epoch AUC':>15s} {'last-epoch acc':>15s} {'last-epoch AUC':>15s}")
     print("\n".join(lines))
     return 0
+
+
+def fit_fold(args: argparse.Namespace, cfg: TrainConfig, cv_dir: Path, new_name: str, d: dist.Dist) -> dict:
+    """One fold's summary. With --resume, the latest run of this fold with this very config is
+    reused when finished and continued when killed, so a rerun of a stopped `make cv` picks up
+    where it stopped; without one (or with other settings) the fold trains in a new folder."""
+    run = latest_fold_run(cv_dir, cfg) if args.resume else None
+    if run is not None and (run / "summary.json").exists():
+        print(f"\n=== {cfg.model} fold {cfg.fold}: finished in {run.name} with the same config, reused")
+        return json.loads((run / "summary.json").read_text())
+    if args.resume and run is None:
+        print(f"\n=== {cfg.model} fold {cfg.fold}: no killed run with this config to resume, starting {new_name}")
+    return fit(cfg, cache_for(args, cfg, d), run or cv_dir / new_name, resume=run is not None, d=d)
+
+
+def latest_fold_run(cv_dir: Path, cfg: TrainConfig) -> Path | None:
+    """The latest folder of cfg's model and fold trained with cfg (finished, or with a last.pt to resume)."""
+    wanted = json.loads(json.dumps(cfg.to_dict()))  # as config.json holds it: tuples become lists
+    for run in sorted(cv_dir.glob(f"{cfg.model}-*-fold{cfg.fold}"), reverse=True):
+        if not ((run / "summary.json").exists() or (run / "last.pt").exists()) or not (run / "config.json").exists():
+            continue
+        if json.loads((run / "config.json").read_text()) == wanted:
+            return run
+    return None
 
 
 def cv_line(model: str, folds: list[dict]) -> str:
