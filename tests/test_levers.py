@@ -330,7 +330,7 @@ def test_torchvision_models_without_imagenet_weights_get_the_from_scratch_recipe
     from train.config import MODEL_DEFAULTS, SCRATCH_DEFAULTS, config_for
 
     scratch = config_for("resnet18", "data", pretrained=False)
-    assert (scratch.optimizer, scratch.lr, scratch.lr_schedule, scratch.epochs) == ("adamw", 1e-3, "cosine", 40)
+    assert (scratch.optimizer, scratch.lr, scratch.lr_schedule, scratch.epochs) == ("adamw", 1e-3, "cosine", 60)
     assert scratch.mixup_prob == 0.5 and scratch.spec_mask and scratch.warmup_epochs == 2.0
     assert scratch.power_mix_prob == 0.0  # measured better without it on realbirds' folds
     assert scratch.input_hw == (128, 313)  # the spectrogram as it is, not stretched to 224x224

@@ -24,11 +24,12 @@ MODEL_DEFAULTS = {
 # spectrogram at its own mel bins x frames instead of stretching it to an ImageNet square.
 # efficientnet_b0 from scratch takes it too: on seed 0's fold 0 it scored 0.713 / 0.978 (last
 # epoch) against 0.564 / 0.939 for its seed recipe, and it led on make train's split as well.
-# inception_v3 keeps its seed recipe until the recipe is measured on it.
+# inception_v3 keeps its seed recipe until the recipe is measured on it. resnet18 trains 60 epochs:
+# over both seeds' ten folds they beat 40 by +0.016 window accuracy (ahead in seven folds of ten).
 SCRATCH_RECIPE = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, lr_schedule="cosine", warmup_epochs=2.0,
                       mixup_prob=0.5, power_mix_prob=0.0, spec_mask=True, epochs=40, batch_size=32)
 SCRATCH_NATIVE = {**SCRATCH_RECIPE, "input_hw": "native"}  # the recipe with the unstretched spectrogram
-SCRATCH_DEFAULTS = {"resnet18": SCRATCH_NATIVE, "efficientnet_b0": SCRATCH_NATIVE}
+SCRATCH_DEFAULTS = {"resnet18": {**SCRATCH_NATIVE, "epochs": 60}, "efficientnet_b0": SCRATCH_NATIVE}
 
 # The demo's short CPU schedule: minutes on two cores, no downloads.
 DEMO_SCHEDULE = {
