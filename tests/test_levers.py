@@ -352,6 +352,8 @@ def test_a_recipe_can_be_forced_for_any_model_from_the_command_line(tiny_dataset
     assert (eff.optimizer, eff.lr_schedule, eff.mixup_prob, eff.spec_mask, eff.input_hw) == (
         "adamw", "cosine", 0.5, True, (128, 313))
     assert eff.epochs == 7  # the command line still wins
+    forced = model_config(parse_args(["--data", str(tiny_dataset), "--recipe", "scratch"]), "resnet18", FeatureConfig())
+    assert (forced.optimizer, forced.epochs) == ("adamw", 60)  # resnet18's own from-scratch schedule
     seed = model_config(parse_args(["--data", str(tiny_dataset), "--no-pretrained", "--recipe", "seed"]),
                         "resnet18", FeatureConfig())
     assert (seed.optimizer, seed.lr, seed.input_hw) == ("adam", MODEL_DEFAULTS["resnet18"]["lr"], None)

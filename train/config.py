@@ -146,8 +146,8 @@ def config_for(model: str, data_dir: str, schedule: str = "full", recipe: str = 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     scheduled = {**SCHEDULES[schedule].get(model, {}), **overrides}
     pretrained = model in PRETRAINED_AVAILABLE and scheduled.get("pretrained", True)
-    if recipe == "scratch":
-        chosen = SCRATCH_NATIVE
+    if recipe == "scratch":  # the model's measured from-scratch settings (resnet18: 60 epochs), else the recipe
+        chosen = SCRATCH_DEFAULTS.get(model, SCRATCH_NATIVE)
     elif recipe == "auto" and not pretrained and schedule == "full":
         chosen = SCRATCH_DEFAULTS.get(model, {})
     else:
