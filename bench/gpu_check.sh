@@ -11,11 +11,16 @@
 #          -> in priority order, each step in what is left of 480 s: make bench-train with the
 #             training default workers, then with none; the four models trained from scratch;
 #             5-fold cross-validation model by model, then resnet18's levers one at a time (CV_RUNS),
-#             as many as time leaves. Logs, the
-#             bench table, every run's config, history, learning curves and split land in $OUT.
+#             as many as time leaves. Logs, the bench table, every run's config, history, learning
+#             curves and split are written to bench/out/gpu_check/ there, and OUT receives a few
+#             flat files (the device tool brings back at most 8, none in folders): steps.txt,
+#             gpu.txt, the two bench tables as JSON, report.txt, and the rest packed in
+#             gpu_check.tar.gz (logs and tables) and gpu_check_media.tar.gz (curves and logits).
+#   here:  bench/gpu_check.sh unpack FOLDER_OF_THOSE_FILES
+#          -> bench/out/gpu_check/ (what the GPU box wrote), and prints its steps and bench table
 set -u
-mode=${1:?usage: bench/gpu_check.sh stage DATA | run DATA OUT [SECONDS]}
-data=${2:?give the dataset folder}
+mode=${1:?usage: bench/gpu_check.sh stage DATA | run DATA OUT [SECONDS] | unpack FOLDER}
+data=${2:?give the dataset folder (unpack: the folder of the returned files)}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 root=${BIRDKIT_ROOT:-$repo}  # where the kit keeps caches, runs and bench output
 PY=${PYTHON:-python3}
@@ -24,6 +29,7 @@ DEVICE=${DEVICE:-cuda}  # cpu: a dry run of this script (the tests do that)
 STEPS=${STEPS:-200}  # timed steps of bench-train per model
 WARMUP=${WARMUP:-10}  # untimed steps first: workers start, cuDNN picks its kernels
 TRAIN_ARGS=${TRAIN_ARGS:-}
+REPORT_S=${REPORT_S:-40}  # kept for the last step, the run table (it exports the four runs to ONNX)
 
 if [ "$mode" = stage ]; then
     name=$(basename "$(cd "$data" && pwd)")
@@ -34,37 +40,75 @@ if [ "$mode" = stage ]; then
     echo "staged: carry data/gpu/$name and data/cache/$name ($(du -sh "$cache" | cut -f1))"
     exit 0
 fi
-[ "$mode" = run ] || { echo "mode must be stage or run, got $mode" >&2; exit 2; }
+work="$root/bench/out/gpu_check"  # everything this check writes, whole; OUT gets it flat and packed
+if [ "$mode" = unpack ]; then
+    for f in gpu_check.tar.gz gpu_check_media.tar.gz; do
+        [ -f "$data/$f" ] || { echo "no $f in $data: give the folder the device tool returned (files_at)" >&2; exit 1; }
+    done
+    rm -rf "$work" && mkdir -p "$work"
+    for f in gpu_check.tar.gz gpu_check_media.tar.gz; do tar -xzf "$data/$f" -C "$work"; done
+    cat "$work/gpu.txt" "$work/steps.txt"; tail -n 20 "$work/bench_train.log" 2>/dev/null
+    echo "unpacked into $work"
+    exit 0
+fi
+[ "$mode" = run ] || { echo "mode must be stage, run or unpack, got $mode" >&2; exit 2; }
 out=${3:?give the folder for results}
 budget_s=${4:-480}
 start=$(date +%s)
 left() { echo $((budget_s - ($(date +%s) - start))); }
 mkdir -p "$out" "$data/train_audio"  # the layout check wants the folder; the cache has the audio's features
 out=$(cd "$out" && pwd); data=$(cd "$data" && pwd)  # both stay valid after the cd below
-touch "$out/.started"  # what this check writes is newer
+rm -rf "$work" && mkdir -p "$work"
+touch "$work/.started"  # what this check writes is newer
 cd "$repo"
+
+# The device tool returns at most 8 files of 16 MiB, none deeper than two folders: OUT gets the
+# summaries flat and the rest in two archives, also when a step or the whole script is cut short.
+ship() {
+    local runs="$root/train/runs/$(basename "$data")"
+    # no checkpoints (hundreds of MB); the validation logits travel: another activation can be scored from them
+    (cd "$runs" 2>/dev/null && find . -type f -newer "$work/.started" \( -name '*.json' -o -name '*.png' -o -name '*.csv' \
+        -o -name '*.npz' \) -exec cp --parents {} "$work/runs/" \;)
+    for f in steps.txt gpu.txt bench_train.json bench_train_no_workers.json; do
+        [ -f "$work/$f" ] && cp "$work/$f" "$out/"
+    done
+    [ -f "$work/report.log" ] && cp "$work/report.log" "$out/report.txt"
+    (cd "$work" && find . -type f ! -name '*.png' ! -name '*.npz' ! -name .started -print0 \
+        | tar -czf "$out/gpu_check.tar.gz" --null -T -)
+    (cd "$work" && find . -type f \( -name '*.png' -o -name '*.npz' \) -print0 \
+        | tar -czf "$out/gpu_check_media.tar.gz" --null -T -)
+    local limit=$((16 * 1024 * 1024))
+    if [ "$(stat -c %s "$out/gpu_check_media.tar.gz")" -gt "$limit" ]; then  # too big to come back: the curves alone
+        (cd "$work" && find . -type f -name 'curves.png' -print0 | tar -czf "$out/gpu_check_media.tar.gz" --null -T -)
+        echo "gpu_check_media.tar.gz held only the curves: all of it was over 16 MiB" | tee -a "$work/steps.txt"
+    fi
+    echo "done in $(($(date +%s) - start)) s; $(ls "$out" | wc -l) files in $out; the whole check in $work"
+}
+mkdir -p "$work/runs"
+trap ship EXIT
 
 step() {  # step NAME COMMAND...: run it within what is left of the budget, log it, go on whatever happens
     local name=$1; shift
     local t=$(left)
-    if [ "$t" -lt 20 ]; then echo "== $name: skipped, ${t}s left" | tee -a "$out/steps.txt"; return; fi
-    echo "== $name ($t s left): $*" | tee -a "$out/steps.txt"
+    [ "$name" = report ] || t=$((t - REPORT_S))  # the report comes last and must not find the budget spent
+    if [ "$t" -lt 20 ]; then echo "== $name: skipped, ${t}s left" | tee -a "$work/steps.txt"; return; fi
+    echo "== $name ($t s left): $*" | tee -a "$work/steps.txt"
     local t0=$(date +%s)
-    timeout "$t" "$@" > "$out/$name.log" 2>&1
-    echo "== $name: exit $? after $(($(date +%s) - t0)) s" | tee -a "$out/steps.txt"
-    tail -n 12 "$out/$name.log"
+    timeout "$t" "$@" > "$work/$name.log" 2>&1
+    echo "== $name: exit $? after $(($(date +%s) - t0)) s" | tee -a "$work/steps.txt"
+    tail -n 12 "$work/$name.log"
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -m torch.utils.collect_env
-} > "$out/gpu.txt" 2>&1
-cat "$out/gpu.txt"
+} > "$work/gpu.txt" 2>&1
+cat "$work/gpu.txt"
 
 step bench_train $PY -m bench.train --data "$data" --models $MODELS --device $DEVICE --steps $STEPS --warmup $WARMUP
-cp "$root/bench/out/train.json" "$out/bench_train.json" 2>/dev/null
+cp "$root/bench/out/train.json" "$work/bench_train.json" 2>/dev/null
 step bench_train_no_workers $PY -m bench.train --data "$data" --models $MODELS --device $DEVICE --steps $STEPS \
     --warmup $WARMUP --num-workers 0
-cp "$root/bench/out/train.json" "$out/bench_train_no_workers.json" 2>/dev/null
+cp "$root/bench/out/train.json" "$work/bench_train_no_workers.json" 2>/dev/null
 step train $PY -m train --data "$data" --models $MODELS --no-pretrained --device $DEVICE $TRAIN_ARGS
 # model:recipe[:flags], most wanted first: the kit's default, then the two the CPU could not afford,
 # with the reference's from-scratch recipe and with their own; then, while time is left, resnet18's
@@ -80,10 +124,3 @@ for run in ${CV_RUNS-resnet18:auto efficientnet_b0:scratch inception_v3:scratch 
         --no-pretrained --device $DEVICE --cv 5 --holdout-fraction 0 $flags $TRAIN_ARGS
 done
 step report $PY -m train.report --data "$data"
-
-# What a person reads afterwards: no checkpoints (hundreds of MB), everything else of this check's runs
-# (the validation logits too: another activation can be scored from them here).
-runs="$root/train/runs/$(basename "$data")"
-(cd "$runs" 2>/dev/null && find . -type f -newer "$out/.started" \( -name '*.json' -o -name '*.png' -o -name '*.csv' -o -name '*.npz' \) \
-    -exec cp --parents {} "$out/" \;)
-echo "done in $(($(date +%s) - start)) s; results in $out"

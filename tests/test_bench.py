@@ -190,16 +190,28 @@ def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(
     out = tmp_path / "out"
     run = subprocess.run(["bash", script, "run", str(data), str(out), "600"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
-    steps = (out / "steps.txt").read_text()
+    # what the device tool brings back: at most 8 plain files of 16 MiB, flat, with plain names
+    returned = sorted(out.iterdir())
+    assert {p.name for p in returned} == {"steps.txt", "gpu.txt", "bench_train.json", "bench_train_no_workers.json",
+                                          "report.txt", "gpu_check.tar.gz", "gpu_check_media.tar.gz"}, run.stdout[-3000:]
+    assert all(p.is_file() and p.stat().st_size < 16 * 2**20 and re.fullmatch(r"[A-Za-z0-9._-]+", p.name)
+               for p in returned)
+    assert "simple_cnn" in (out / "report.txt").read_text()
+
+    unpacked = subprocess.run(["bash", script, "unpack", str(out)], capture_output=True, text=True, check=True)
+    assert "== report: exit 0 after" in unpacked.stdout
+    work = output_root() / "bench" / "out" / "gpu_check"
+    steps = (work / "steps.txt").read_text()
     for name in ("bench_train", "bench_train_no_workers", "train", "cv_simple_cnn_auto",
                  "cv_simple_cnn_auto_ema-decay_0.9_random-crop", "report"):
         assert f"== {name}: exit 0 after" in steps, run.stdout[-3000:]
-    assert "PyTorch version" in (out / "gpu.txt").read_text()
-    assert json.loads((out / "bench_train_no_workers.json").read_text())["rows"][0]["workers"] == 0
-    configs = [json.loads(c.read_text()) for c in sorted(out.rglob("config.json"))]
+        assert (work / f"{name}.log").exists()
+    assert "PyTorch version" in (work / "gpu.txt").read_text()
+    assert json.loads((work / "bench_train_no_workers.json").read_text())["rows"][0]["workers"] == 0
+    configs = [json.loads(c.read_text()) for c in sorted(work.rglob("config.json"))]
     assert len(configs) == 11  # one single-split run and twice five folds, copied without their checkpoints
     assert all(c["device"] == "cpu" for c in configs)
     levered = [c for c in configs if c["ema_decay"] == 0.9]  # the second cross-validation's flags reached it
     assert len(levered) == 5 and all(c["random_crop"] and c["folds"] == 5 for c in levered)
-    assert len(list(out.rglob("*.png"))) >= 11 and not list(out.rglob("*.pt"))
-    assert len(list(out.rglob("val_last.npz"))) == 11  # the logits, to score other activations afterwards
+    assert len(list(work.rglob("*.png"))) >= 11 and not list(work.rglob("*.pt"))
+    assert len(list(work.rglob("val_last.npz"))) == 11  # the logits, to score other activations afterwards
