@@ -347,3 +347,36 @@ def serving(fake: FakeKaggle):
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- the client's side: credentials in tmp
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def import_kaggle_offline(home: Path, username: str, key: str) -> None:
+    """`import kaggle` authenticates at import time: do it once, offline and quietly, with fake credentials."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"HOME": str(home), "KAGGLE_CONFIG_DIR": str(home / "kaggle"),
+                            "KAGGLE_USERNAME": username, "KAGGLE_KEY": key}.items():
+            mp.setenv(name, value)
+        mp.delenv("KAGGLE_API_TOKEN", raising=False)
+        import kaggle  # noqa: F401
+
+
+def fake_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, username: str, key: str) -> Path:
+    """Fake credentials in the environment, HOME and the kaggle config in tmp_path, the client pointed
+    at this fake (kagglesdk's TEST environment, no proxy for localhost); returns an empty work folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    monkeypatch.setenv("KAGGLE_USERNAME", username)
+    monkeypatch.setenv("KAGGLE_KEY", key)
+    for name in ("KAGGLE_API_TOKEN", "VERBOSE", "VERBOSE_OUTPUT", "XDG_CONFIG_HOME", *PROXY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    work = tmp_path / "work"
+    work.mkdir()
+    return work

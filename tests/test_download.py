@@ -20,7 +20,8 @@ import pytest
 from data import download
 from data.audio_io import write_ogg
 from data.layout import METADATA_COLUMNS
-from tests.fake_kaggle import FakeKaggle, port_is_free, port_lock, serving
+from tests.fake_kaggle import (FakeKaggle, fake_credentials, import_kaggle_offline, port_is_free, port_lock,
+                               serving)
 
 COMPETITION = "birdclef-2024"
 USERNAME = "tester"
@@ -95,34 +96,13 @@ def archive(dataset) -> bytes:
 
 @pytest.fixture(scope="module", autouse=True)
 def kaggle_imported(tmp_path_factory):
-    """`import kaggle` authenticates at import time; do it once, here, offline and quietly."""
-    home = tmp_path_factory.mktemp("import-home")
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"HOME": str(home), "KAGGLE_CONFIG_DIR": str(home / "kaggle"),
-                            "KAGGLE_USERNAME": USERNAME, "KAGGLE_KEY": FAKE_KEY}.items():
-            mp.setenv(name, value)
-        mp.delenv("KAGGLE_API_TOKEN", raising=False)
-        import kaggle  # noqa: F401
+    import_kaggle_offline(tmp_path_factory.mktemp("import-home"), USERNAME, FAKE_KEY)
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch) -> Path:
     """Fake credentials in the environment, HOME and the kaggle config in tmp; returns the work folder."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
-    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
-    monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
-    monkeypatch.setenv("KAGGLE_KEY", FAKE_KEY)
-    for name in ("KAGGLE_API_TOKEN", "VERBOSE", "VERBOSE_OUTPUT", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
-    work = tmp_path / "work"
-    work.mkdir()
-    return work
+    return fake_credentials(monkeypatch, tmp_path, USERNAME, FAKE_KEY)
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from submission import package, upload
-from tests.fake_kaggle import FakeKaggle, port_is_free, port_lock, serving
+from tests.fake_kaggle import (FakeKaggle, fake_credentials, import_kaggle_offline, port_is_free, port_lock,
+                               serving)
 from tests.test_wheels import seeded_cache, tiny_onnx
 
 USERNAME = "tester"
@@ -35,34 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module", autouse=True)
 def kaggle_imported(tmp_path_factory):
-    """`import kaggle` authenticates at import time; do it once, here, offline and quietly."""
-    home = tmp_path_factory.mktemp("import-home")
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"HOME": str(home), "KAGGLE_CONFIG_DIR": str(home / "kaggle"),
-                            "KAGGLE_USERNAME": USERNAME, "KAGGLE_KEY": FAKE_KEY}.items():
-            mp.setenv(name, value)
-        mp.delenv("KAGGLE_API_TOKEN", raising=False)
-        import kaggle  # noqa: F401
+    import_kaggle_offline(tmp_path_factory.mktemp("import-home"), USERNAME, FAKE_KEY)
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch) -> Path:
     """Fake credentials, HOME, the kaggle config and the client's temp files in tmp; returns the work folder."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
-    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
-    monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
-    monkeypatch.setenv("KAGGLE_KEY", FAKE_KEY)
-    for name in ("KAGGLE_API_TOKEN", "VERBOSE", "VERBOSE_OUTPUT", "XDG_CONFIG_HOME",
-                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    work = fake_credentials(monkeypatch, tmp_path, USERNAME, FAKE_KEY)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # upload state, zipped folders
-    work = tmp_path / "work"
-    work.mkdir()
     return work
 
 
