@@ -207,6 +207,15 @@ def test_cv_folds_runs_only_the_named_folds_and_says_so(tiny_dataset, tmp_path, 
     assert "--cv-folds must be between 0 and 2, got [3]" in capsys.readouterr().err
 
 
+def test_a_folds_curves_are_titled_with_its_fold_and_seed_and_a_single_runs_without():
+    from train.config import TrainConfig
+    from train.loop import run_title
+
+    assert run_title(TrainConfig(model="resnet18", data_dir="/x/realbirds", folds=5, fold=3, seed=1)) == \
+        "resnet18 on realbirds, fold 3 of 5, seed 1"
+    assert run_title(TrainConfig(model="resnet18", data_dir="/x/realbirds")) == "resnet18 on realbirds"
+
+
 def test_a_killed_cross_validation_reuses_its_finished_folds_and_continues_the_killed_one(
         tiny_dataset, tmp_path, monkeypatch, capsys):
     import train.loop as loop

@@ -394,7 +394,13 @@ def _write_history(history: list[dict], run_dir: Path, cfg: TrainConfig, draw: b
     df = pd.DataFrame(history)
     atomic_write(run_dir / "metrics.csv", lambda tmp: df.to_csv(tmp, index=False, float_format="%.6f"))
     if draw:
-        plot_curves(df, run_dir / "curves.png", f"{cfg.model} on {Path(cfg.data_dir).name}")
+        plot_curves(df, run_dir / "curves.png", run_title(cfg))
+
+
+def run_title(cfg: TrainConfig) -> str:
+    """What a run's plots are titled: model and data, and which fold (five folds' curves look alike)."""
+    fold = f", fold {cfg.fold} of {cfg.folds}, seed {cfg.seed}" if cfg.folds else ""
+    return f"{cfg.model} on {Path(cfg.data_dir).name}{fold}"
 
 
 def _best_files(weights: dict, cfg: TrainConfig, classes: list[str], row: dict, probs: np.ndarray,
