@@ -363,6 +363,9 @@ def test_a_recipe_can_be_forced_for_any_model_from_the_command_line(tiny_dataset
     assert eff.epochs == 7  # the command line still wins
     forced = model_config(parse_args(["--data", str(tiny_dataset), "--recipe", "scratch"]), "resnet18", FeatureConfig())
     assert (forced.optimizer, forced.epochs) == ("adamw", 60)  # resnet18's own from-scratch schedule
+    inception = model_config(args, "inception_v3", FeatureConfig())
+    assert (inception.optimizer, inception.lr_schedule, inception.spec_mask) == ("adamw", "cosine", True)
+    assert inception.input_hw is None  # 299x299: the unstretched 128 mel bins cannot feed its auxiliary head
     seed = model_config(parse_args(["--data", str(tiny_dataset), "--no-pretrained", "--recipe", "seed"]),
                         "resnet18", FeatureConfig())
     assert (seed.optimizer, seed.lr, seed.input_hw) == ("adam", MODEL_DEFAULTS["resnet18"]["lr"], None)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data.features import FeatureConfig
-from train.models import PRETRAINED_AVAILABLE
+from train.models import MIN_INPUT_HW, PRETRAINED_AVAILABLE
 
 # The seed experiments' hyperparameters per model (batch, optimiser, learning rate, epochs).
 MODEL_DEFAULTS = {
@@ -137,6 +137,16 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def forced_scratch_settings(model: str) -> dict:
+    """`--recipe scratch`: the model's measured from-scratch settings (resnet18: 60 epochs), else
+    the recipe, fed the unstretched spectrogram where the model accepts it. inception_v3 does not
+    (its auxiliary head needs 299x299 px against 128 mel bins), so it keeps its own square input."""
+    if model in SCRATCH_DEFAULTS:
+        return SCRATCH_DEFAULTS[model]
+    fits_native = all(need <= have for need, have in zip(MIN_INPUT_HW[model], FeatureConfig().shape))
+    return SCRATCH_NATIVE if fits_native else SCRATCH_RECIPE
+
+
 def config_for(model: str, data_dir: str, schedule: str = "full", recipe: str = "auto", **overrides) -> TrainConfig:
     """Defaults, then the model's seed hyperparameters (or, without ImageNet weights in the full
     schedule, the from-scratch recipe; `recipe` forces either), then the schedule, then overrides."""
@@ -147,8 +157,8 @@ def config_for(model: str, data_dir: str, schedule: str = "full", recipe: str = 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     scheduled = {**SCHEDULES[schedule].get(model, {}), **overrides}
     pretrained = model in PRETRAINED_AVAILABLE and scheduled.get("pretrained", True)
-    if recipe == "scratch":  # the model's measured from-scratch settings (resnet18: 60 epochs), else the recipe
-        chosen = SCRATCH_DEFAULTS.get(model, SCRATCH_NATIVE)
+    if recipe == "scratch":
+        chosen = forced_scratch_settings(model)
     elif recipe == "auto" and not pretrained and schedule == "full":
         chosen = SCRATCH_DEFAULTS.get(model, {})
     else:
