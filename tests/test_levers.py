@@ -371,6 +371,24 @@ def test_a_recipe_can_be_forced_for_any_model_from_the_command_line(tiny_dataset
     assert (seed.optimizer, seed.lr, seed.input_hw) == ("adam", MODEL_DEFAULTS["resnet18"]["lr"], None)
 
 
+@pytest.mark.parametrize("recipe", ["auto", "seed", "scratch"])
+@pytest.mark.parametrize("model", ["simple_cnn", "resnet18", "inception_v3", "efficientnet_b0"])
+def test_every_recipe_gives_every_model_an_input_it_can_take(model, recipe):
+    from train.config import config_for
+    from train.models import DEFAULT_INPUT_HW, MIN_INPUT_HW
+
+    cfg = config_for(model, "data", recipe=recipe, pretrained=False)  # as bench/gpu_check.sh's cv runs build them
+    height, width = cfg.input_hw or DEFAULT_INPUT_HW[model]
+    assert height >= MIN_INPUT_HW[model][0] and width >= MIN_INPUT_HW[model][1]
+
+
+def test_an_input_too_small_for_the_model_fails_when_the_config_is_built():
+    from train.config import config_for
+
+    with pytest.raises(ValueError, match=r"inception_v3 needs an input of at least 299x299 px, got 128x313"):
+        config_for("inception_v3", "data", input_hw="native")
+
+
 def test_command_line_settings_and_the_demo_schedule_win_over_the_from_scratch_recipe():
     from data.features import FeatureConfig
     from train.config import config_for

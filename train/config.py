@@ -95,6 +95,7 @@ class TrainConfig:
             self.input_hw = self.features.shape
         if self.input_hw is not None:
             self.input_hw = tuple(self.input_hw)
+            self._check_input_fits()
         self.power_mix_snr_db = tuple(self.power_mix_snr_db)
         if self.loss not in ("ce", "bce"):
             raise ValueError(f"loss must be 'ce' or 'bce', got {self.loss!r}")
@@ -131,6 +132,14 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def _check_input_fits(self):
+        """Fail at config time, not after the data has loaded, on an input the model cannot take."""
+        lo = MIN_INPUT_HW.get(self.model, (1, 1))
+        if self.input_hw[0] < lo[0] or self.input_hw[1] < lo[1]:
+            raise ValueError(f"{self.model} needs an input of at least {lo[0]}x{lo[1]} px, got "
+                             f"{self.input_hw[0]}x{self.input_hw[1]}; leave input_hw unset (--input-hw) for "
+                             f"the model's default or give a larger one")
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
