@@ -348,7 +348,10 @@ def test_torchvision_models_without_imagenet_weights_get_the_from_scratch_recipe
     assert (fine_tune.optimizer, fine_tune.lr, fine_tune.epochs) == ("adam", MODEL_DEFAULTS["resnet18"]["lr"], 20)
     assert fine_tune.input_hw is None and fine_tune.mixup_prob == 0.0 and fine_tune.power_mix_prob == 0.5
     assert config_for("efficientnet_b0", "data", pretrained=False).input_hw == (128, 313)  # measured better too
-    assert set(SCRATCH_DEFAULTS) == {"resnet18", "efficientnet_b0"}  # the others keep the recipes they were measured with
+    inception = config_for("inception_v3", "data", pretrained=False)  # measured better too, at its own 299x299
+    assert (inception.optimizer, inception.lr_schedule, inception.epochs, inception.input_hw) == (
+        "adamw", "cosine", 40, None)
+    assert set(SCRATCH_DEFAULTS) == {"resnet18", "efficientnet_b0", "inception_v3"}  # simple_cnn keeps its own
 
 
 def test_a_recipe_can_be_forced_for_any_model_from_the_command_line(tiny_dataset):
