@@ -150,9 +150,9 @@ class TrainConfig:
 
 
 def forced_scratch_settings(model: str) -> dict:
-    """`--recipe scratch`: the model's measured from-scratch settings (resnet18: 60 epochs), else
-    the recipe, fed the unstretched spectrogram where the model accepts it. inception_v3 does not
-    (its auxiliary head needs 299x299 px against 128 mel bins), so it keeps its own square input."""
+    """`--recipe scratch`: the model's measured from-scratch settings (SCRATCH_DEFAULTS), else the
+    recipe (simple_cnn, or a model not yet measured), fed the unstretched spectrogram only where the
+    model accepts it, as inception_v3 would not (299x299 px against 128 mel bins)."""
     if model in SCRATCH_DEFAULTS:
         return SCRATCH_DEFAULTS[model]
     fits_native = all(need <= have for need, have in zip(MIN_INPUT_HW[model], FeatureConfig().shape))
