@@ -36,8 +36,11 @@ UPLOAD_ARGS      ?=
 PYTEST_ARGS      ?=
 
 # A stage that needs DATA brings it in: the sample is generated, the competition downloaded.
-NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv),,$(if $(filter $(abspath $(SAMPLE)),$(abspath $(DATA))),sample,data))
+NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv $(DATA)/train.csv),,$(if $(filter $(abspath $(SAMPLE)),$(abspath $(DATA))),sample,data))
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
+# The competition the notebook attaches: COMPETITION where the user set it, else DATA's folder name
+# where it is a BirdCLEF slug (data/birdclef-2025), else birdclef-2024 (submission/package.py decides).
+COMPETITION_ARG := $(if $(filter command environment,$(firstword $(origin COMPETITION))),--competition $(COMPETITION),)
 BENCH_ARGS  ?=
 STAMP := $(VENV)/.installed-$(ORT)
 # Free disk needed to build the venv (torch's CUDA build is 5.6 GB; pip needs room to unpack); checked first
@@ -84,7 +87,7 @@ export: venv  ## best run by val ROC-AUC -> ONNX, checked against torch
 	$(PY) -m export --data $(DATA) $(EXPORT_ARGS)
 
 package: venv  ## Kaggle notebook + dataset folder in submission/dist/
-	$(PY) -m submission.package --data $(DATA) $(PACKAGE_ARGS)
+	$(PY) -m submission.package --data $(DATA) $(COMPETITION_ARG) $(PACKAGE_ARGS)
 
 upload: venv  ## create or version the Kaggle dataset, wait until it is ready, push the notebook
 	$(PY) -m submission.upload $(UPLOAD_ARGS)
@@ -93,7 +96,7 @@ holdout: venv $(NEEDS_DATA)  ## labelled held-out soundscapes from withheld reco
 	$(PY) -m data.holdout --data $(DATA) --seed $(SEED) $(HOLDOUT_ARGS)
 
 score: package  ## run the packaged notebook on labelled soundscapes, print Kaggle's metric
-	$(PY) -m submission.score --data $(DATA) $(SCORE_ARGS)
+	$(PY) -m submission.score --data $(DATA) $(COMPETITION_ARG) $(SCORE_ARGS)
 
 bench-preprocess: venv  ## decode + denoise + mel speed per core for each denoise mode
 	$(PY) -m bench.preprocess $(BENCH_ARGS)

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import requests
 
-from data.layout import REQUIRED_ENTRIES, LayoutError, LayoutReport, validate_layout
+from data.layout import REQUIRED_ENTRIES, LayoutError, LayoutReport, find_metadata, missing_entries, validate_layout
 from data.paths import free_bytes, human_bytes
 
 SETTINGS_URL = "https://www.kaggle.com/settings/api"
@@ -369,10 +369,10 @@ def unzip(zip_path: Path, dest: Path) -> None:
 
 def dataset_root(unpacked: Path) -> Path:
     """Kaggle's zip holds the layout at its top; a hand-made zip may wrap it in one folder."""
-    if (unpacked / "train_metadata.csv").exists():
+    if find_metadata(unpacked) is not None:
         return unpacked
     children = [p for p in unpacked.iterdir() if p.name != "__MACOSX"]
-    if len(children) == 1 and (children[0] / "train_metadata.csv").exists():
+    if len(children) == 1 and children[0].is_dir() and find_metadata(children[0]) is not None:
         return children[0]
     return unpacked
 
@@ -382,7 +382,7 @@ def dataset_root(unpacked: Path) -> Path:
 
 def validate(root: Path, source: Path) -> LayoutReport:
     """The layout report of the unpacked data; raises when it is not a usable dataset."""
-    missing = [e for e in REQUIRED_ENTRIES if not (root / e).exists()]
+    missing = missing_entries(root)
     if missing:
         raise DownloadError(
             f"{source} does not hold a BirdCLEF dataset in the Kaggle layout: missing {', '.join(missing)} "
@@ -401,8 +401,13 @@ def validate(root: Path, source: Path) -> LayoutReport:
 def problem(report: LayoutReport) -> str:
     """Why report.ok is False."""
     if report.rows_without_file:
-        return f"{len(report.rows_without_file)} rows of train_metadata.csv have no file under train_audio/"
-    return "train_metadata.csv lists no file found under train_audio/"
+        return f"{len(report.rows_without_file)} rows of {metadata_name(report)} have no file under train_audio/"
+    return f"{metadata_name(report)} lists no file found under train_audio/"
+
+
+def metadata_name(report: LayoutReport) -> str:
+    found = find_metadata(report.data_dir)
+    return found.name if found else "the metadata"
 
 
 def install(root: Path, out: Path) -> None:

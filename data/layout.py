@@ -2,7 +2,8 @@
 
     <DATA>/train_audio/<primary_label>/<stem>.ogg
     <DATA>/train_metadata.csv          primary_label,secondary_labels,type,...,filename
-    <DATA>/eBird_Taxonomy_v2021.csv
+                                       (BirdCLEF 2025 names it train.csv)
+    <DATA>/eBird_Taxonomy_v2021.csv    (2025: taxonomy.csv; the kit does not read it)
     <DATA>/sample_submission.csv       row_id + one column per class
     <DATA>/unlabeled_soundscapes/*.ogg
     <DATA>/test_soundscapes/*.ogg      (empty in Kaggle's public data)
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,12 @@ METADATA_COLUMNS = [
     "primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name",
     "common_name", "author", "license", "rating", "url", "filename",
 ]
-REQUIRED_ENTRIES = ["train_audio", "train_metadata.csv", "sample_submission.csv"]
+# The recordings' metadata: train_metadata.csv in BirdCLEF 2023-2024, train.csv in 2025.
+METADATA_NAMES = ("train_metadata.csv", "train.csv")
+REQUIRED_ENTRIES = ["train_audio", " or ".join(METADATA_NAMES), "sample_submission.csv"]
+DEFAULT_COMPETITION = "birdclef-2024"
+# 2021 and 2022 scored a long table (row_id + the species heard); the kit writes one column per class.
+LONG_SUBMISSION_COLUMNS = {"target", "birds"}
 AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
 
 
@@ -34,16 +41,54 @@ def require_layout(data_dir: Path) -> None:
             f"DATA={data_dir} does not exist. Run `make data` to download the competition, "
             "`make sample` for the embedded sample, or point DATA= at a folder in the Kaggle layout."
         )
-    missing = [e for e in REQUIRED_ENTRIES if not (data_dir / e).exists()]
+    missing = missing_entries(data_dir)
     if missing:
+        older = " (BirdCLEF 2021 layout: the kit reads 2023-2025's)" if (data_dir / "train_short_audio").is_dir() else ""
         raise LayoutError(
             f"DATA={data_dir} is not in the Kaggle BirdCLEF layout: missing {', '.join(missing)} "
-            f"(expected {', '.join(REQUIRED_ENTRIES)})"
+            f"(expected {', '.join(REQUIRED_ENTRIES)}){older}"
+        )
+    long_format = LONG_SUBMISSION_COLUMNS & set(submission_header(data_dir))
+    if long_format:
+        raise LayoutError(
+            f"{data_dir / 'sample_submission.csv'} is in the long format of BirdCLEF 2021-2022 "
+            f"(row_id,{sorted(long_format)[0]}); the kit writes one probability column per class, the format "
+            "of BirdCLEF 2023-2025. Use one of those competitions (COMPETITION=birdclef-2024)."
         )
 
 
+def competition_of(data_dir: Path | str) -> str:
+    """The Kaggle slug a dataset folder belongs to: its name where `make data` named it after the
+    competition (data/birdclef-2025), else DEFAULT_COMPETITION. The packaged notebook attaches it."""
+    name = Path(data_dir).resolve().name
+    return name if re.fullmatch(r"birdclef-20\d\d", name) else DEFAULT_COMPETITION
+
+
+def missing_entries(data_dir: Path) -> list[str]:
+    """The REQUIRED_ENTRIES that data_dir lacks."""
+    have = [(data_dir / "train_audio").exists(), find_metadata(data_dir) is not None,
+            (data_dir / "sample_submission.csv").exists()]
+    return [entry for entry, ok in zip(REQUIRED_ENTRIES, have) if not ok]
+
+
+def find_metadata(data_dir: Path) -> Path | None:
+    """The recordings' metadata file of data_dir, whichever year's name it has; None when absent."""
+    for name in METADATA_NAMES:
+        if (data_dir / name).is_file():
+            return data_dir / name
+    return None
+
+
+def metadata_path(data_dir: Path) -> Path:
+    """find_metadata, failing with the layout's error when there is none."""
+    require_layout(data_dir)
+    return find_metadata(data_dir)
+
+
 def parse_list(text) -> list[str]:
-    """'['a', 'b']' (a Python-list string, as Kaggle writes them) -> ['a', 'b']."""
+    """'['a', 'b']' (a Python-list string, as Kaggle writes them) -> ['a', 'b'].
+
+    BirdCLEF 2025 writes "['']" for no secondary label: empty names are dropped."""
     if isinstance(text, list):
         return text
     if not isinstance(text, str) or not text.strip():
@@ -52,16 +97,20 @@ def parse_list(text) -> list[str]:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return []
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+    if not isinstance(value, (list, tuple)):
+        return []
+    return [str(v).strip() for v in value if str(v).strip()]
 
 
 def read_metadata(data_dir: Path) -> pd.DataFrame:
-    """train_metadata.csv with secondary_labels parsed to lists, one row per recording."""
-    require_layout(data_dir)
-    meta = pd.read_csv(data_dir / "train_metadata.csv", keep_default_na=False, dtype={"primary_label": str})
+    """train_metadata.csv (2025: train.csv) with secondary_labels parsed to lists, one row per recording.
+
+    primary_label is read as text: 2025 names some species by a number (iNaturalist ids)."""
+    path = metadata_path(data_dir)
+    meta = pd.read_csv(path, keep_default_na=False, dtype={"primary_label": str})
     lacking = [c for c in ("primary_label", "filename") if c not in meta.columns]
     if lacking:
-        raise LayoutError(f"{data_dir / 'train_metadata.csv'} lacks the column(s) {lacking}")
+        raise LayoutError(f"{path} lacks the column(s) {lacking}")
     meta["secondary_labels"] = meta.get("secondary_labels", "").map(parse_list)
     meta = meta.drop_duplicates("filename").sort_values("filename").reset_index(drop=True)
     return meta
@@ -85,8 +134,12 @@ def class_change(old: list[str], new: list[str]) -> str:
 
 def submission_columns(data_dir: Path) -> list[str]:
     """Class columns of sample_submission.csv, in its order."""
-    cols = pd.read_csv(data_dir / "sample_submission.csv", nrows=0).columns.tolist()
-    return [c for c in cols if c != "row_id"]
+    return [c for c in submission_header(data_dir) if c != "row_id"]
+
+
+def submission_header(data_dir: Path) -> list[str]:
+    """sample_submission.csv's header, read as text (2025 has numeric class names)."""
+    return pd.read_csv(data_dir / "sample_submission.csv", nrows=0).columns.astype(str).tolist()
 
 
 def list_audio(folder: Path) -> list[Path]:

@@ -37,7 +37,7 @@ import pandas as pd
 
 from data.features import (DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, audio_to_features,
                            load_finite_audio, n_windows)
-from data.layout import audio_seconds, read_metadata
+from data.layout import audio_seconds, metadata_path, read_metadata
 from data.paths import Workspace, free_bytes, human_bytes
 
 ENTRY_FIELDS = ["filename", "status", "first_row", "n_windows", "detail"]
@@ -67,7 +67,7 @@ def cache_dir_for(data_dir: Path, features: FeatureConfig, max_windows_per_recor
 
 
 def metadata_digest(data_dir: Path) -> str:
-    return hashlib.sha256((data_dir / "train_metadata.csv").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(metadata_path(data_dir).read_bytes()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------ the journal
@@ -401,7 +401,7 @@ def _finish(cache_dir: Path, data_dir: Path, meta: pd.DataFrame, seconds: float,
 
 
 def cache_is_current(cache_dir: Path, data_dir: Path) -> bool:
-    """True when the cache covers exactly the recordings of the current train_metadata.csv."""
+    """True when the cache covers exactly the recordings of the current metadata (train_metadata.csv or train.csv)."""
     marker = cache_dir / "complete.json"
     if not marker.exists():
         return False

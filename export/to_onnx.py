@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from data.features import FEATURES_VERSION
-from data.layout import class_change, class_list, read_metadata
+from data.layout import class_change, class_list, find_metadata, read_metadata
 from data.preprocess import FeatureCache, cache_dir_for
 from train.config import TrainConfig
 from train.models import build_model
@@ -86,7 +86,7 @@ def load_run(run_dir: Path, activation: str | None = None) -> LoadedRun:
 
 def check_classes_still_match(run_dir: Path, data_dir: Path, classes: list[str]) -> None:
     """Refuse a run whose classes are no longer the data's: its outputs would be mislabelled."""
-    if not (data_dir / "train_metadata.csv").is_file():  # the data is elsewhere now: nothing to compare
+    if find_metadata(data_dir) is None:  # the data is elsewhere now: nothing to compare
         return
     now = class_list(read_metadata(data_dir))
     if now != classes:

@@ -28,7 +28,7 @@ from pathlib import Path
 import nbformat
 
 from data.features import FEATURES_VERSION, FeatureConfig
-from data.layout import submission_columns
+from data.layout import DEFAULT_COMPETITION, competition_of, submission_columns
 from data.paths import REPO, Workspace, dist_dir
 from submission.infer import DEFAULT_DEADLINE_MIN, MANIFEST_NAME, PostProcess
 from submission.notebook import build_notebook
@@ -55,7 +55,7 @@ class PackageConfig:
 
     onnx_paths: list[Path]  # best first; more than one: ensemble candidates
     out_dir: Path
-    competition: str = "birdclef-2024"
+    competition: str = DEFAULT_COMPETITION
     sample_columns: list[str] | None = None  # sample_submission's classes, to check the model's against
     data_dir: Path | None = None  # the training data: int8 calibration windows and labelled soundscapes
     int8: bool = False  # ship int8 models where `make score`'s metric drops by <= 0.005
@@ -359,7 +359,8 @@ def ensemble_arg(value: str) -> str | int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m submission.package", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder whose exported model to package")
-    p.add_argument("--competition", default="birdclef-2024", help="Kaggle competition slug")
+    p.add_argument("--competition", help="Kaggle competition slug the notebook attaches (default: the --data "
+                                          f"folder's name where it is one, e.g. data/birdclef-2025, else {DEFAULT_COMPETITION})")
     p.add_argument("--onnx", type=Path, nargs="+", help="model(s) to package, best first (default: the export of --data)")
     p.add_argument("--ensemble", type=ensemble_arg, default="auto",
                    help=f"auto (default): up to the {AUTO_ENSEMBLE} best exported models, a model joining only "
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = submission_columns(ws.data_dir) if (ws.data_dir / "sample_submission.csv").exists() else None
     cfg = PackageConfig(
         onnx_paths=args.onnx or exported[:n_models], out_dir=args.out or dist_dir(), judge_ensemble=judged,
-        competition=args.competition, sample_columns=columns, allow_class_mismatch=args.allow_class_mismatch,
+        competition=args.competition or competition_of(args.data), sample_columns=columns, allow_class_mismatch=args.allow_class_mismatch,
         data_dir=ws.data_dir, int8=args.int8,
         post=PostProcess(tuple(args.smooth_kernel), args.mean_blend), combine=args.combine,
         budget_min=args.budget_min, deadline_min=args.deadline_min, bundle_wheels=not args.no_wheels,
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     dataset = notebook.parent.parent / "dataset"
     wheels = json.loads((dataset / MANIFEST_NAME).read_text())["wheels"]
-    print(f"package: {dataset} (model + code) and {notebook}")
+    print(f"package: {dataset} (model + code) and {notebook} (attaches the competition {cfg.competition})")
     if wheels["bundled"]:
         print(f"package: wheels for Kaggle (Python {', '.join(wheels['python_versions'])}): "
               f"{', '.join(wheels['files']) or 'none'}")

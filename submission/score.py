@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from data.features import FeatureConfig, row_end_seconds
+from data.layout import competition_of
 from data.paths import Workspace, dist_dir
 from submission.ensemble import prefix_scores, read_member_raws
 from submission.infer import PostProcess, expected_windows, list_soundscapes
@@ -231,12 +232,13 @@ def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m submission.score", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset whose labelled soundscapes to score on")
-    p.add_argument("--competition", default="birdclef-2024")
+    p.add_argument("--competition", help="the competition folder's name under the look-alike /kaggle/input "
+                                          "(default: as `make package` chooses it)")
     p.add_argument("--dist", type=Path, help="the packaged submission to run (default: submission/dist)")
     p.add_argument("--timeout-s", type=int, default=3600, help="per-cell time limit")
     args = p.parse_args(argv)
     try:
-        r = score(Workspace.of(args.data), args.competition, args.dist or dist_dir(), args.timeout_s)
+        r = score(Workspace.of(args.data), args.competition or competition_of(args.data), args.dist or dist_dir(), args.timeout_s)
     except ScoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -392,8 +392,8 @@ def test_an_out_folder_holding_something_else_is_left_alone_without_force(env, c
 
     assert capsys.readouterr().err == (
         f"error: {out} exists but does not hold a valid dataset (DATA={out} is not in the Kaggle BirdCLEF layout: "
-        "missing train_audio, train_metadata.csv, sample_submission.csv (expected train_audio, "
-        "train_metadata.csv, sample_submission.csv)).\n"
+        "missing train_audio, train_metadata.csv or train.csv, sample_submission.csv (expected train_audio, "
+        "train_metadata.csv or train.csv, sample_submission.csv)).\n"
         "  Move it away, or rerun with --force to replace it.\n"
     )
     assert tree(out) == {"notes.txt": b"mine"}
@@ -476,6 +476,23 @@ def test_a_zip_wrapping_the_layout_in_one_folder_is_unwrapped(env, dataset, tmp_
     assert tree(env / "data") == tree(dataset)
 
 
+def test_a_birdclef_2025_zip_with_train_csv_is_unwrapped_validated_and_installed(env, tmp_path, capsys):
+    source = tmp_path / "birdclef-2025"
+    make_dataset(source)
+    (source / "train_metadata.csv").rename(source / "train.csv")  # 2025's name for the metadata
+    manual = env / "birdclef-2025.zip"
+    with zipfile.ZipFile(manual, "w") as dst:  # wrapped in one folder, as a hand-made zip may be
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                dst.write(path, f"birdclef-2025/{path.relative_to(source).as_posix()}")
+    out = env / "birdclef-2025"
+
+    assert download.main(["--zip", str(manual), "--out", str(out)]) == 0
+
+    assert capsys.readouterr().out.endswith(report_lines(out))
+    assert (out / "train.csv").read_bytes() == (source / "train.csv").read_bytes()
+
+
 def test_an_interrupted_unzip_is_wiped_and_redone(env, archive, dataset, capsys):
     out = env / COMPETITION
     leftover = env / f"{COMPETITION}.unzipping"
@@ -544,8 +561,8 @@ def test_a_zip_that_is_not_a_birdclef_dataset_is_not_installed(env, tmp_path, ca
 
     assert error_in(capsys.readouterr().err) == (
         f"error: {manual} does not hold a BirdCLEF dataset in the Kaggle layout: missing train_audio, "
-        "train_metadata.csv, sample_submission.csv (expected train_audio, train_metadata.csv, "
-        "sample_submission.csv).\n"
+        "train_metadata.csv or train.csv, sample_submission.csv (expected train_audio, "
+        "train_metadata.csv or train.csv, sample_submission.csv).\n"
     )
     assert sorted(p.name for p in env.iterdir()) == ["other.zip"]
 

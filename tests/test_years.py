@@ -1,0 +1,126 @@
+"""BirdCLEF's sister years: 2025's layout runs the whole chain; 2021-2022's is refused, saying why.
+
+2025 renamed train_metadata.csv to train.csv and eBird_Taxonomy_v2021.csv to taxonomy.csv, writes
+"['']" for a recording without secondary labels, names some species by number (iNaturalist ids),
+and its test soundscapes last one minute. 2021-2022 scored a long table (row_id,target)."""
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data.layout import LayoutError, class_list, read_metadata, require_layout
+
+REPO = Path(__file__).resolve().parents[1]
+NUMBERED = "1139490"  # a 2025 class named by its iNaturalist taxon id
+
+
+def as_birdclef_2025(src: Path, dst: Path, renamed: str) -> Path:
+    """Copy a generated 2024-layout dataset into 2025's layout; `renamed` becomes NUMBERED."""
+    shutil.copytree(src, dst)
+    shutil.copy(src.with_name(src.name + "_solution.csv"), dst.with_name(dst.name + "_solution.csv"))
+    (dst / "train_audio" / renamed).rename(dst / "train_audio" / NUMBERED)
+    meta = pd.read_csv(dst / "train_metadata.csv", keep_default_na=False)
+    meta["primary_label"] = meta["primary_label"].replace(renamed, NUMBERED)
+    meta["filename"] = meta["filename"].str.replace(f"{renamed}/", f"{NUMBERED}/", regex=False)
+    meta["secondary_labels"] = [str([NUMBERED if s == renamed else s for s in ast.literal_eval(v)] or [""])
+                                for v in meta["secondary_labels"]]
+    meta.to_csv(dst / "train.csv", index=False)
+    (dst / "train_metadata.csv").unlink()
+    (dst / "eBird_Taxonomy_v2021.csv").rename(dst / "taxonomy.csv")
+    for table in (dst / "sample_submission.csv", dst.with_name(dst.name + "_solution.csv")):
+        frame = pd.read_csv(table).rename(columns={renamed: NUMBERED})
+        classes = sorted(c for c in frame.columns if c != "row_id")  # 2025's order: numbers first
+        frame[["row_id", *classes]].to_csv(table, index=False)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def birdclef_2025(tmp_path_factory) -> Path:
+    """3 synthetic species x 5 recordings in 2025's layout, one 1-minute labelled test soundscape."""
+    from data.synth import generate
+
+    root = tmp_path_factory.mktemp("years")
+    src = generate(root / "src", seed=3, n_species=3, recordings_per_species=5, n_test_soundscapes=1,
+                   n_unlabeled=0, soundscape_s=60.0, progress=False)
+    renamed = sorted(pd.read_csv(src / "train_metadata.csv")["primary_label"].unique())[-1]
+    return as_birdclef_2025(src, root / "birdclef-2025", renamed)
+
+
+def test_2025s_train_csv_is_read_with_its_numbered_class_and_no_empty_secondary_labels(birdclef_2025):
+    meta = read_metadata(birdclef_2025)
+    assert not (birdclef_2025 / "train_metadata.csv").exists()
+    assert class_list(meta)[0] == NUMBERED and len(class_list(meta)) == 3
+    assert (meta["primary_label"] == NUMBERED).sum() == 5
+    raw = pd.read_csv(birdclef_2025 / "train.csv", keep_default_na=False)["secondary_labels"]
+    assert (raw == "['']").any()  # 2025's way of saying "none" is present and parses to nothing
+    assert all("" not in labels for labels in meta["secondary_labels"])
+
+
+def make_dry_run(*args: str) -> str:
+    return subprocess.run(["make", "-n", *args, "VENV=.venv"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_make_brings_in_nothing_for_a_2025_folder_that_is_already_there(birdclef_2025):
+    dry = make_dry_run("train", f"DATA={birdclef_2025}")
+    assert "-m train --data" in dry and "data.download" not in dry and "data.synth" not in dry
+
+
+def test_make_passes_a_competition_the_user_names_to_package_and_score_and_otherwise_none():
+    named = make_dry_run("package", "score", "COMPETITION=birdclef-2025", "DATA=elsewhere").splitlines()
+    unnamed = make_dry_run("package", "score", "DATA=elsewhere").splitlines()
+    for module in ("submission.package", "submission.score"):
+        assert [line for line in named if module in line][0].split()[-1] == "birdclef-2025"
+        assert "--competition" not in [line for line in unnamed if module in line][0]
+
+
+def test_a_2025_dataset_trains_exports_packages_and_scores_through_the_chain(birdclef_2025, capsys):
+    from data.paths import Workspace, dist_dir
+    from export.__main__ import main as export_main
+    from submission.package import main as package_main
+    from submission.score import main as score_main
+    from train.__main__ import main as train_main
+
+    data = str(birdclef_2025)
+    assert train_main(["--data", data, "--models", "simple_cnn", "--epochs", "2", "--device", "cpu",
+                       "--holdout-fraction", "0"]) == 0
+    assert export_main(["--data", data]) == 0
+    assert package_main(["--data", data, "--no-wheels"]) == 0
+    assert score_main(["--data", data]) == 0
+    assert "secondary labels outside" not in capsys.readouterr().out  # "['']" is no label at all
+
+    kernel = json.loads((dist_dir() / "notebook" / "kernel-metadata.json").read_text())
+    assert kernel["competition_sources"] == ["birdclef-2025"]  # named after the data folder, as `make data` names it
+    ws = Workspace.of(birdclef_2025)
+    assert (ws.score_dir / "input" / "birdclef-2025" / "sample_submission.csv").exists()
+    sub = pd.read_csv(ws.score_dir / "working" / "submission.csv")
+    assert sub.columns.tolist() == pd.read_csv(birdclef_2025 / "sample_submission.csv", nrows=0).columns.tolist()
+    assert sub.columns[1] == NUMBERED
+    stem = next((birdclef_2025 / "test_soundscapes").glob("*.ogg")).stem
+    assert sub["row_id"].tolist() == [f"{stem}_{t}" for t in range(5, 65, 5)]  # one minute: _5 ... _60
+    result = json.loads((ws.score_dir / "score.json").read_text())
+    assert result["rows"] == 12 and 0.0 <= result["score"] <= 1.0
+
+
+def test_a_2022_long_format_sample_submission_is_refused_naming_the_supported_years(tmp_path):
+    (tmp_path / "train_audio").mkdir()
+    (tmp_path / "train_metadata.csv").write_text("primary_label,secondary_labels,filename\n")
+    (tmp_path / "sample_submission.csv").write_text("row_id,target\nsoundscape_1001_akiapo_5,False\n")
+    with pytest.raises(LayoutError, match=r"long format of BirdCLEF 2021-2022 \(row_id,target\).*"
+                                          r"format of BirdCLEF 2023-2025"):
+        require_layout(tmp_path)
+
+
+def test_a_2021_folder_says_its_layout_is_2021s(tmp_path):
+    (tmp_path / "train_short_audio").mkdir()
+    (tmp_path / "train_metadata.csv").write_text("primary_label,secondary_labels,filename\n")
+    (tmp_path / "sample_submission.csv").write_text("row_id,site,audio_id,seconds,birds\n")
+    with pytest.raises(LayoutError, match=r"missing train_audio \(.*BirdCLEF 2021 layout: the kit reads 2023-2025's\)"):
+        require_layout(tmp_path)
