@@ -30,7 +30,7 @@ import nbformat
 from data.features import FEATURES_VERSION, FeatureConfig
 from data.layout import DEFAULT_COMPETITION, competition_of, submission_columns
 from data.paths import REPO, Workspace, dist_dir
-from submission.infer import DEFAULT_DEADLINE_MIN, MANIFEST_NAME, PostProcess
+from submission.infer import DEADLINE_MARGIN_MIN, MANIFEST_NAME, PostProcess, default_deadline_min
 from submission.notebook import build_notebook
 from submission.wheels import WHEELS_DIR, WheelConfig, WheelError, config_for, fetch_wheels
 
@@ -64,7 +64,7 @@ class PackageConfig:
     combine: str = "mean"  # how ensemble members' probabilities combine: mean | min
     budget_min: float = 30.0  # ensemble members are added while the projected Kaggle time fits
     judge_ensemble: bool = False  # ship a longer best-first prefix only where the local score says it helps
-    deadline_min: float = DEFAULT_DEADLINE_MIN  # the notebook's guard (Kaggle stops it at 120)
+    deadline_min: float | None = None  # the notebook's guard; None: the competition's Kaggle limit less 10 min
     dataset_title: str = DEFAULT_DATASET_TITLE
     notebook_title: str = DEFAULT_NOTEBOOK_TITLE
     bundle_wheels: bool = True
@@ -154,7 +154,7 @@ def write_dataset(root: Path, cfg: PackageConfig, members: list[tuple[Path, dict
         "val_roc_auc": meta.get("val_roc_auc"), "run": meta.get("run"), "dataset": meta.get("dataset"),
         "code": {rel: sha256(root / "code" / rel) for rel in PACKAGED_CODE},
         "postprocess": {"smooth_kernel": list(cfg.post.smooth_kernel), "mean_blend": cfg.post.mean_blend},
-        "runtime": {"deadline_s": cfg.deadline_min * 60},
+        "runtime": {"deadline_s": (cfg.deadline_min or default_deadline_min(cfg.competition)) * 60},
         "wheels": {"dir": WHEELS_DIR, "bundled": cfg.bundle_wheels, "requirements": wheels.requirements(),
                    "python_versions": list(wheels.python_versions), "platforms": list(wheels.platforms),
                    "files": {p.name: sha256(p) for p in wheel_files}},
@@ -370,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combine", choices=["mean", "min"], default="mean", help="how ensemble members combine")
     p.add_argument("--budget-min", type=float, default=PackageConfig.budget_min,
                    help="projected Kaggle minutes the ensemble may take (measured here; 4 cores, 1,100 soundscapes)")
-    p.add_argument("--deadline-min", type=float, default=DEFAULT_DEADLINE_MIN,
-                   help="the notebook's own deadline: past its projection it switches to cheaper paths")
+    p.add_argument("--deadline-min", type=float,
+                   help="the notebook's own deadline: past its projection it switches to cheaper paths (default: "
+                        f"the competition's Kaggle limit less {DEADLINE_MARGIN_MIN:g} min: 110, 80 for birdclef-2025)")
     p.add_argument("--int8", action="store_true",
                    help="quantise each model to int8 and ship it where the local score drops by <= 0.005")
     p.add_argument("--allow-class-mismatch", action="store_true",

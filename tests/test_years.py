@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -98,6 +99,8 @@ def test_a_2025_dataset_trains_exports_packages_and_scores_through_the_chain(bir
 
     kernel = json.loads((dist_dir() / "notebook" / "kernel-metadata.json").read_text())
     assert kernel["competition_sources"] == ["birdclef-2025"]  # named after the data folder, as `make data` names it
+    manifest = json.loads((dist_dir() / "dataset" / "birdkit.json").read_text())
+    assert manifest["runtime"]["deadline_s"] == 80 * 60  # 2025's Kaggle limit is 90 minutes, not 120
     ws = Workspace.of(birdclef_2025)
     assert (ws.score_dir / "input" / "birdclef-2025" / "sample_submission.csv").exists()
     sub = pd.read_csv(ws.score_dir / "working" / "submission.csv")
@@ -124,3 +127,20 @@ def test_a_2021_folder_says_its_layout_is_2021s(tmp_path):
     (tmp_path / "sample_submission.csv").write_text("row_id,site,audio_id,seconds,birds\n")
     with pytest.raises(LayoutError, match=r"missing train_audio \(.*BirdCLEF 2021 layout: the kit reads 2023-2025's\)"):
         require_layout(tmp_path)
+
+
+def test_a_corrupt_soundscape_owes_the_rows_of_the_one_minute_files_beside_it(tmp_path):
+    from data.audio_io import write_ogg
+    from data.features import FeatureConfig
+    from submission.infer import expected_windows
+
+    one_minute, alone = tmp_path / "2025", tmp_path / "alone"
+    one_minute.mkdir(), alone.mkdir()
+    for stem in ("a", "b"):
+        write_ogg(one_minute / f"{stem}.ogg", np.zeros(60 * 32_000, np.float32), 32_000)
+    for folder in (one_minute, alone):
+        (folder / "c_corrupt.ogg").write_bytes(b"OggS" + bytes(500))
+    cfg = FeatureConfig()
+    assert expected_windows(one_minute / "a.ogg", cfg) == 12
+    assert expected_windows(one_minute / "c_corrupt.ogg", cfg) == 12  # 2025: 1-minute soundscapes, _5 ... _60
+    assert expected_windows(alone / "c_corrupt.ogg", cfg) == 48  # nothing beside it: 2024's 4 minutes
