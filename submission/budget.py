@@ -1,7 +1,8 @@
 """What a packaged notebook will cost on Kaggle, measured here.
 
 Kaggle scores the notebook on a CPU machine: 4 cores, about 1,100 hidden 4-minute soundscapes
-(52,800 windows), 120 minutes. The projection assumes Kaggle's cores are as fast as this
+(52,800 windows), 120 minutes (BirdCLEF 2024; 2025: about 700 one-minute soundscapes, 8,400
+windows, 90 minutes). The projection assumes Kaggle's cores are as fast as this
 machine's and that decoding, features and the model overlap on all cores (the notebook's
 feature workers run beside the model), so the CPU seconds per soundscape divide by the cores.
 """
@@ -18,6 +19,23 @@ from data.features import FeatureConfig, audio_to_features, load_audio
 KAGGLE_SOUNDSCAPES = 1100
 KAGGLE_CORES = 4
 WINDOWS_PER_SOUNDSCAPE = 48
+MEASURED_SOUNDSCAPE_S = 240.0  # costs are measured on one 4-minute soundscape (48 windows)
+
+
+@dataclass(frozen=True)
+class KaggleTestSet:
+    """The hidden test set a projection is for."""
+
+    soundscapes: int
+    soundscape_s: float
+
+
+KAGGLE_TEST_SETS = {"birdclef-2025": KaggleTestSet(700, 60.0)}
+DEFAULT_TEST_SET = KaggleTestSet(KAGGLE_SOUNDSCAPES, MEASURED_SOUNDSCAPE_S)  # 2023-2024
+
+
+def kaggle_test_set(competition: str) -> KaggleTestSet:
+    return KAGGLE_TEST_SETS.get(competition, DEFAULT_TEST_SET)
 
 
 @dataclass
@@ -32,8 +50,10 @@ class Costs:
     def total_s(self) -> float:
         return self.decode_s + self.features_s + self.model_s
 
-    def projected_min(self, soundscapes: int = KAGGLE_SOUNDSCAPES, cores: int = KAGGLE_CORES) -> float:
-        return soundscapes * self.total_s / cores / 60
+    def projected_min(self, test_set: KaggleTestSet = DEFAULT_TEST_SET, cores: int = KAGGLE_CORES) -> float:
+        """Kaggle minutes for test_set: costs scale with the audio's length."""
+        scale = test_set.soundscape_s / MEASURED_SOUNDSCAPE_S
+        return test_set.soundscapes * self.total_s * scale / cores / 60
 
 
 def _median_time(fn, repeats: int) -> float:

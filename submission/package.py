@@ -193,7 +193,7 @@ def choose_members(cfg: PackageConfig) -> list[tuple[Path, dict]]:
     if cfg.int8:
         members = [(int8_or_float(path, cfg), meta) for path, meta in members]
     if len(members) > 1:
-        members = fit_budget(members, cfg.budget_min)
+        members = fit_budget(members, cfg.budget_min, cfg.competition)
     if len(members) > 1 and cfg.judge_ensemble:
         members = judged_prefix(members, cfg)
     return members
@@ -282,14 +282,17 @@ def int8_or_float(path: Path, cfg: PackageConfig) -> Path:
     return verdict.ship
 
 
-def fit_budget(members: list[tuple[Path, dict]], budget_min: float) -> list[tuple[Path, dict]]:
+def fit_budget(members: list[tuple[Path, dict]], budget_min: float,
+               competition: str = DEFAULT_COMPETITION) -> list[tuple[Path, dict]]:
     """Measure each model here (one thread, one 4-minute soundscape) and keep the best-first
-    prefix whose projected Kaggle time fits the budget (submission/budget.py)."""
+    prefix whose projected Kaggle time on the competition's test set fits the budget
+    (submission/budget.py)."""
     import tempfile
 
     from bench.preprocess import synthetic_soundscape
     from data.audio_io import write_ogg
-    from submission.budget import Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core
+    from submission.budget import (Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core,
+                                   kaggle_test_set)
 
     cfg = FeatureConfig.from_dict(json.loads(members[0][1]["features"]))
     with tempfile.TemporaryDirectory() as tmp, single_core():
@@ -299,7 +302,7 @@ def fit_budget(members: list[tuple[Path, dict]], budget_min: float) -> list[tupl
         kept, model_s = [], 0.0
         for path, meta in members:
             cost = model_seconds_per_soundscape(path, threads=1, repeats=1)
-            projected = Costs(decode_s, features_s, model_s + cost).projected_min()
+            projected = Costs(decode_s, features_s, model_s + cost).projected_min(kaggle_test_set(competition))
             verdict = "kept" if not kept or projected <= budget_min else "over budget, left out"
             print(f"package: {path.name} ({meta.get('model_name')}): {cost:.2f} s/soundscape; ensemble projected "
                   f"{projected:.1f} min on Kaggle (budget {budget_min:.0f}) -> {verdict}")

@@ -2,7 +2,8 @@
 
 2025 renamed train_metadata.csv to train.csv and eBird_Taxonomy_v2021.csv to taxonomy.csv, writes
 "['']" for a recording without secondary labels, names some species by number (iNaturalist ids),
-and its test soundscapes last one minute. 2021-2022 scored a long table (row_id,target)."""
+its ~700 test soundscapes last one minute, and Kaggle stops its notebooks at 90 minutes.
+2021-2022 scored a long table (row_id,target)."""
 from __future__ import annotations
 
 import ast
@@ -144,3 +145,11 @@ def test_a_corrupt_soundscape_owes_the_rows_of_the_one_minute_files_beside_it(tm
     assert expected_windows(one_minute / "a.ogg", cfg) == 12
     assert expected_windows(one_minute / "c_corrupt.ogg", cfg) == 12  # 2025: 1-minute soundscapes, _5 ... _60
     assert expected_windows(alone / "c_corrupt.ogg", cfg) == 48  # nothing beside it: 2024's 4 minutes
+
+
+def test_the_kaggle_projection_follows_the_competitions_hidden_test_set():
+    from submission.budget import Costs, kaggle_test_set
+
+    costs = Costs(decode_s=1.0, features_s=2.0, model_s=3.0)  # CPU seconds per 4-minute soundscape
+    assert costs.projected_min(kaggle_test_set("birdclef-2024")) == pytest.approx(1100 * 6.0 / 4 / 60)  # 27.5 min
+    assert costs.projected_min(kaggle_test_set("birdclef-2025")) == pytest.approx(700 * 6.0 / 4 / 4 / 60)  # 4.4 min
