@@ -134,6 +134,17 @@ def load_finite_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
     return at_rate(y, sr, sample_rate_hz)
 
 
+def audio_seconds(path: str | Path) -> float | None:
+    """Duration from the file header, without decoding; None when unreadable."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate
+    except Exception:
+        return None
+
+
 def decode(path: str | Path) -> tuple[np.ndarray, int]:
     """(mono float32 samples, their sample rate) as stored; AudioError when there are none."""
     path = Path(path)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from data.features import audio_seconds
+
 METADATA_COLUMNS = [
     "primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name",
     "common_name", "author", "license", "rating", "url", "filename",
@@ -189,17 +191,6 @@ class LayoutReport:
             lines.append(f"folders not in metadata {len(self.folders_without_rows)}: "
                          f"{sample(self.folders_without_rows)} (their files are ignored: no row gives their labels)")
         return "\n".join(lines)
-
-
-def audio_seconds(path: Path) -> float | None:
-    """Duration from the file header, without decoding; None when unreadable."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-        return info.frames / info.samplerate
-    except Exception:
-        return None
 
 
 def validate_layout(data_dir: Path, progress: bool = True) -> LayoutReport:

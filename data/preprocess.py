@@ -37,7 +37,7 @@ import pandas as pd
 
 from data.features import (DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, audio_to_features,
                            load_finite_audio, n_windows)
-from data.layout import audio_seconds, metadata_path, read_metadata
+from data.layout import metadata_path, read_metadata
 from data.paths import Workspace, free_bytes, human_bytes
 
 ENTRY_FIELDS = ["filename", "status", "first_row", "n_windows", "detail"]

@@ -30,17 +30,17 @@ import numpy as np
 import pandas as pd
 
 from data.features import (
-    FEATURES_VERSION, AudioError, FeatureConfig, at_rate, audio_to_features, decode, n_windows, row_end_seconds,
+    FEATURES_VERSION, AudioError, FeatureConfig, at_rate, audio_seconds, audio_to_features, decode, n_windows,
+    row_end_seconds,
 )
 
 MANIFEST_NAME = "birdkit.json"
 # Kaggle's hidden test soundscapes share one length: 4 minutes in BirdCLEF 2024, 1 minute in 2025.
 EXPECTED_SOUNDSCAPE_S = 240.0  # a file whose header is unreadable, with no readable file beside it
 LENGTH_SAMPLE_FILES = 25  # readable headers beside it that give the usual length instead
-# Kaggle stops CPU notebooks at 120 minutes (BirdCLEF 2023-2024), at 90 in 2025; the guard
-# finishes 10 minutes before.
+# Kaggle stops CPU notebooks at 120 minutes (BirdCLEF 2023-2024); the guard finishes 10 minutes
+# before. `make package` writes the competition's own deadline into the manifest (budget.py).
 KAGGLE_LIMIT_MIN = 120.0
-KAGGLE_LIMIT_MIN_BY_COMPETITION = {"birdclef-2025": 90.0}
 DEADLINE_MARGIN_MIN = 10.0
 DEFAULT_DEADLINE_MIN = KAGGLE_LIMIT_MIN - DEADLINE_MARGIN_MIN
 POOL_MAX_MS_PER_WINDOW = 50.0  # auto: whole-soundscape workers only for models at most this slow (all cores;
@@ -174,28 +174,13 @@ class SoundscapeFeatures:
     problem: str = ""
 
 
-def default_deadline_min(competition: str) -> float:
-    """The notebook's own deadline for a competition: its Kaggle limit less the margin."""
-    return KAGGLE_LIMIT_MIN_BY_COMPETITION.get(competition, KAGGLE_LIMIT_MIN) - DEADLINE_MARGIN_MIN
-
-
-def header_seconds(path: Path) -> float | None:
-    """Duration from the file header, without decoding; None when unreadable."""
-    import soundfile as sf
-
-    try:
-        return float(sf.info(str(path)).duration)
-    except Exception:
-        return None
-
-
 @functools.lru_cache(maxsize=8)
 def usual_soundscape_s(folder: str) -> float:
     """The median length of the first readable soundscapes in folder (Kaggle's all share one,
     whatever the year), else EXPECTED_SOUNDSCAPE_S. Cached: read once per process and folder."""
     lengths = []
     for p in list_soundscapes(Path(folder)):
-        seconds = header_seconds(p)
+        seconds = audio_seconds(p)
         if seconds:
             lengths.append(seconds)
         if len(lengths) >= LENGTH_SAMPLE_FILES:
@@ -206,7 +191,7 @@ def usual_soundscape_s(folder: str) -> float:
 def expected_windows(path: Path, cfg: FeatureConfig) -> int:
     """Rows a soundscape gets: from its length when the header is readable, else from the usual
     length of the soundscapes beside it (a corrupt 1-minute file of 2025 still owes 12 rows)."""
-    seconds = header_seconds(path)
+    seconds = audio_seconds(path)
     if seconds is None:
         seconds = usual_soundscape_s(str(path.parent))
     return n_windows(int(round(seconds * cfg.sample_rate_hz)), cfg)

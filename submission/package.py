@@ -30,7 +30,8 @@ import nbformat
 from data.features import FEATURES_VERSION, FeatureConfig
 from data.layout import DEFAULT_COMPETITION, competition_of, submission_columns
 from data.paths import REPO, Workspace, dist_dir
-from submission.infer import DEADLINE_MARGIN_MIN, MANIFEST_NAME, PostProcess, default_deadline_min
+from submission.budget import kaggle_test_set
+from submission.infer import DEADLINE_MARGIN_MIN, MANIFEST_NAME, PostProcess
 from submission.notebook import build_notebook
 from submission.wheels import WHEELS_DIR, WheelConfig, WheelError, config_for, fetch_wheels
 
@@ -154,7 +155,7 @@ def write_dataset(root: Path, cfg: PackageConfig, members: list[tuple[Path, dict
         "val_roc_auc": meta.get("val_roc_auc"), "run": meta.get("run"), "dataset": meta.get("dataset"),
         "code": {rel: sha256(root / "code" / rel) for rel in PACKAGED_CODE},
         "postprocess": {"smooth_kernel": list(cfg.post.smooth_kernel), "mean_blend": cfg.post.mean_blend},
-        "runtime": {"deadline_s": (cfg.deadline_min or default_deadline_min(cfg.competition)) * 60},
+        "runtime": {"deadline_s": deadline_min(cfg) * 60},
         "wheels": {"dir": WHEELS_DIR, "bundled": cfg.bundle_wheels, "requirements": wheels.requirements(),
                    "python_versions": list(wheels.python_versions), "platforms": list(wheels.platforms),
                    "files": {p.name: sha256(p) for p in wheel_files}},
@@ -282,6 +283,11 @@ def int8_or_float(path: Path, cfg: PackageConfig) -> Path:
     return verdict.ship
 
 
+def deadline_min(cfg: PackageConfig) -> float:
+    """--deadline-min, else the competition's Kaggle limit less the margin."""
+    return kaggle_test_set(cfg.competition).deadline_min if cfg.deadline_min is None else cfg.deadline_min
+
+
 def fit_budget(members: list[tuple[Path, dict]], budget_min: float,
                competition: str = DEFAULT_COMPETITION) -> list[tuple[Path, dict]]:
     """Measure each model here (one thread, one 4-minute soundscape) and keep the best-first
@@ -291,8 +297,7 @@ def fit_budget(members: list[tuple[Path, dict]], budget_min: float,
 
     from bench.preprocess import synthetic_soundscape
     from data.audio_io import write_ogg
-    from submission.budget import (Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core,
-                                   kaggle_test_set)
+    from submission.budget import Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core
 
     cfg = FeatureConfig.from_dict(json.loads(members[0][1]["features"]))
     with tempfile.TemporaryDirectory() as tmp, single_core():
@@ -375,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="projected Kaggle minutes the ensemble may take (measured here; 4 cores, 1,100 soundscapes)")
     p.add_argument("--deadline-min", type=float,
                    help="the notebook's own deadline: past its projection it switches to cheaper paths (default: "
-                        f"the competition's Kaggle limit less {DEADLINE_MARGIN_MIN:g} min: 110, 80 for birdclef-2025)")
+                        f"the competition's Kaggle limit less {DEADLINE_MARGIN_MIN:g} min: "
+                        f"{kaggle_test_set(DEFAULT_COMPETITION).deadline_min:g} for {DEFAULT_COMPETITION}, "
+                        f"{kaggle_test_set('birdclef-2025').deadline_min:g} for birdclef-2025)")
     p.add_argument("--int8", action="store_true",
                    help="quantise each model to int8 and ship it where the local score drops by <= 0.005")
     p.add_argument("--allow-class-mismatch", action="store_true",
