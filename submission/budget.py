@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from data.features import FeatureConfig, audio_to_features, load_audio
-from submission.infer import DEADLINE_MARGIN_MIN, KAGGLE_LIMIT_MIN
+from submission.infer import DEADLINE_MARGIN_MIN, EXPECTED_SOUNDSCAPE_S, KAGGLE_LIMIT_MIN
 
 KAGGLE_SOUNDSCAPES = 1100
 KAGGLE_CORES = 4
 WINDOWS_PER_SOUNDSCAPE = 48
-MEASURED_SOUNDSCAPE_S = 240.0  # costs are measured on one 4-minute soundscape (48 windows)
+MEASURED_SOUNDSCAPE_S = EXPECTED_SOUNDSCAPE_S  # costs are measured on one 4-minute soundscape (48 windows)
 
 
 @dataclass(frozen=True)

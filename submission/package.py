@@ -297,12 +297,13 @@ def fit_budget(members: list[tuple[Path, dict]], budget_min: float,
 
     from bench.preprocess import synthetic_soundscape
     from data.audio_io import write_ogg
-    from submission.budget import Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core
+    from submission.budget import (MEASURED_SOUNDSCAPE_S, Costs, feature_seconds_per_soundscape,
+                                   model_seconds_per_soundscape, single_core)
 
     cfg = FeatureConfig.from_dict(json.loads(members[0][1]["features"]))
     with tempfile.TemporaryDirectory() as tmp, single_core():
         scape = Path(tmp) / "soundscape.ogg"
-        write_ogg(scape, synthetic_soundscape(240.0), cfg.sample_rate_hz)
+        write_ogg(scape, synthetic_soundscape(MEASURED_SOUNDSCAPE_S), cfg.sample_rate_hz)
         decode_s, features_s = feature_seconds_per_soundscape(scape, cfg, repeats=1)
         kept, model_s = [], 0.0
         for path, meta in members:
