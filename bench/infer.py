@@ -33,13 +33,13 @@ import numpy as np
 
 from data.paths import Workspace, dist_dir, output_root
 from submission.budget import (
-    KAGGLE_CORES, KAGGLE_SOUNDSCAPES, Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core,
+    KAGGLE_CORES, KAGGLE_SOUNDSCAPES, MEASURED_SOUNDSCAPE_S, Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core,
 )
 
 TARGET_MIN, TARGET_OVERHEAD, TARGET_PEAK_GB = 30.0, 1.3, 4.0
 
 
-def write_soundscapes(folder: Path, n: int, seconds: float = 240.0) -> list[Path]:
+def write_soundscapes(folder: Path, n: int, seconds: float = MEASURED_SOUNDSCAPE_S) -> list[Path]:
     """n synthetic 4-minute soundscapes (noise + chirps), OGG like Kaggle's."""
     from bench.preprocess import synthetic_soundscape
     from data.audio_io import write_ogg

@@ -153,3 +153,5 @@ def test_the_kaggle_projection_follows_the_competitions_hidden_test_set():
     costs = Costs(decode_s=1.0, features_s=2.0, model_s=3.0)  # CPU seconds per 4-minute soundscape
     assert costs.projected_min(kaggle_test_set("birdclef-2024")) == pytest.approx(1100 * 6.0 / 4 / 60)  # 27.5 min
     assert costs.projected_min(kaggle_test_set("birdclef-2025")) == pytest.approx(700 * 6.0 / 4 / 4 / 60)  # 4.4 min
+    assert costs.projected_min(kaggle_test_set("birdclef-2023")) == pytest.approx(200 * 6.0 * 2.5 / 4 / 60)  # 10-min files
+    assert kaggle_test_set("birdclef-2023").deadline_min == kaggle_test_set("birdclef-2024").deadline_min == 110
