@@ -93,6 +93,18 @@ def test_a_stereo_44k_file_gives_the_same_rows_as_its_32k_mono_version(model, ba
     assert stereo.feats.shape == mono.feats.shape == (48, *model.features.shape)
 
 
+def test_a_ten_minute_2023_soundscape_gets_120_rows_up_to_600_s(model, tiny_dataset, tmp_path):
+    test_dir = tmp_path / "test_soundscapes"
+    test_dir.mkdir()
+    write_ogg(test_dir / "soundscape_29201.ogg", chirps(600), SR)  # BirdCLEF 2023's public test file is 10 minutes
+    out = tmp_path / "submission.csv"
+    write_submission(Ensemble([model]), test_dir, tiny_dataset / "sample_submission.csv", out,
+                     settings=RunSettings(feature_workers=0, soundscape_workers=0))
+    sub = pd.read_csv(out)
+    assert sub["row_id"].tolist() == [f"soundscape_29201_{t}" for t in range(5, 605, 5)]
+    assert sub.drop(columns="row_id").to_numpy().std(axis=0).max() > 0  # real predictions, not a constant fill
+
+
 @pytest.mark.parametrize("pipeline", list(PIPELINES))
 def test_worker_processes_write_the_same_submission_as_one_process(model, bad_test_folder, tiny_dataset, tmp_path,
                                                                     pipeline):
