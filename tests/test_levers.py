@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from data.features import FeatureConfig
 from train.data import CachedWindows, EpochSampler, balance_weights
 from train.optim import EMA, lr_factor
 
@@ -116,6 +117,17 @@ def test_processes_share_every_epoch_without_overlap():
     parts = [s.indices() for s in shards]
     assert {len(p) for p in parts} == {14} and len({len(s) for s in shards}) == 1
     assert sorted(np.concatenate(parts)) == list(range(42))
+
+
+def test_a_last_batch_of_one_window_joins_the_batch_before_it_on_every_process():
+    one = EpochSampler(65, 32, seed=0)  # 32 + 33: batch norm cannot train on a batch of one
+    assert [len(b) for _, b in one] == [32, 33] and len(one) == 2
+    assert sorted(i for _, b in one for i in b) == list(range(65))
+    for rank in range(2):  # 129 windows on 2 processes: 65 each, the same split on each
+        shard = EpochSampler(129, 32, seed=0, rank=rank, world=2)
+        assert [len(b) for _, b in shard] == [32, 33] and len(shard) == 2
+    assert [len(b) for _, b in EpochSampler(66, 32, seed=0)] == [32, 32, 2]  # two is enough: unchanged
+    assert [len(b) for _, b in EpochSampler(1, 32, seed=0)] == [1]
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +319,115 @@ def _copy_run(chain, tmp_path) -> Path:
 
     run = sorted(chain.runs_dir.glob("simple_cnn-*"))[0]
     return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+KILLED_AND_RESUMED = """
+import sys
+from pathlib import Path
+
+import train.loop as loop
+from data.features import FeatureConfig
+from data.preprocess import PreprocessConfig, ensure_cache
+from train import dist
+from train.config import config_for
+
+
+class Killed(Exception):
+    pass
+
+
+def killed_after_one(cfg, state, data, device, epoch, run_dir, d):
+    if epoch == 2:
+        raise Killed
+    real_run_epoch(cfg, state, data, device, epoch, run_dir, d)
+
+
+real_run_epoch = loop.run_epoch
+if __name__ == "__main__":  # preprocessing's worker processes import this file
+    data, out = Path(sys.argv[1]), Path(sys.argv[2])
+    d = dist.init("cpu")
+    cfg = config_for("simple_cnn", str(data), epochs=3, pretrained=False, device="cpu", max_windows_per_recording=2,
+                     batch_size=8, mixup_prob=0.5, spec_mask=True, time_shift=0.3, num_workers=0)
+    cache = ensure_cache(PreprocessConfig(data_dir=data, features=FeatureConfig(), progress=False)) if d.main else None
+    cache = dist.broadcast(d, cache)
+    loop.fit(cfg, cache, out / "whole", d=d)
+    loop.run_epoch = killed_after_one
+    try:
+        loop.fit(cfg, cache, out / "killed", d=d)
+    except Killed:
+        pass
+    dist.barrier(d)  # as a restart would: rank 0's last write lands before any process looks for it
+    loop.run_epoch = real_run_epoch
+    loop.fit(cfg, cache, out / "killed", resume=True, d=d)
+    dist.finish(d)
+"""
+
+
+def test_two_processes_resume_each_with_its_own_augmentations_to_the_same_metrics(tiny_dataset, tmp_path):
+    """Each process draws its own masks and mixup pairs; a resumed run must give each its own random
+    streams back, not rank 0's to both (the metrics would part from the uninterrupted run's)."""
+    script = tmp_path / "killed_and_resumed.py"
+    script.write_text(KILLED_AND_RESUMED)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "BIRDKIT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tiny_dataset),
+                          str(tmp_path / "runs")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    whole = pd.read_csv(tmp_path / "runs" / "whole" / "metrics.csv")[METRICS]
+    resumed = pd.read_csv(tmp_path / "runs" / "killed" / "metrics.csv")[METRICS]
+    assert len(whole) == 3
+    pd.testing.assert_frame_equal(resumed, whole)
+
+
+def test_a_resume_point_keeps_every_processs_random_streams(tiny_dataset, tmp_path):
+    import train.loop as loop
+    from data.features import FeatureConfig
+    from data.preprocess import PreprocessConfig, ensure_cache
+    from train import dist
+    from train.config import config_for
+
+    cfg = config_for("simple_cnn", str(tiny_dataset), epochs=1, pretrained=False, device="cpu",
+                     max_windows_per_recording=2)
+    cache = ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
+    data = loop.prepare(cfg, cache, tmp_path, torch.device("cpu"))
+    states = [loop.new_state(cfg, data, torch.device("cpu"), dist.Dist(), pretrained=False) for _ in (0, 1)]
+    for rank, state in enumerate(states):
+        state.aug_gen.manual_seed(cfg.seed + 1 + 1000 * rank)  # as each process of two seeds its own
+    snapshot = states[0].snapshot(data.classes, [s.random_streams() for s in states])
+    assert len(snapshot["random_streams"]) == 2
+    fresh = loop.new_state(cfg, data, torch.device("cpu"), dist.Dist(), pretrained=False)
+    fresh.aug_gen.manual_seed(12345)
+    fresh.load(tmp_path / "last.pt", data.classes, snapshot, dist.Dist(1, 2))
+    assert torch.equal(fresh.aug_gen.get_state(), states[1].aug_gen.get_state())  # rank 1 gets rank 1's back
+    assert not torch.equal(fresh.aug_gen.get_state(), states[0].aug_gen.get_state())
+    fresh.load(tmp_path / "last.pt", data.classes, snapshot, dist.Dist(0, 3))  # another number of processes
+    assert not torch.equal(fresh.aug_gen.get_state(), states[0].aug_gen.get_state())
+
+
+def test_other_processes_wait_for_rank_0s_cache_by_watching_it_not_in_a_barrier(tiny_dataset, tmp_path,
+                                                                                 monkeypatch):
+    """NCCL gives up on a barrier after 10 minutes; a competition's first preprocessing takes longer."""
+    import shutil
+    import threading
+
+    import train.__main__ as cli
+    from data.preprocess import PreprocessConfig, ensure_cache
+    from train import dist
+
+    data = Path(shutil.copytree(tiny_dataset, tmp_path / "fresh"))  # no cache yet
+    args = cli.parse_args(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"])
+    cfg = cli.model_config(args, "simple_cnn", FeatureConfig())
+    barriers = []
+    monkeypatch.setattr(cli.dist, "barrier", lambda d: barriers.append(d.rank))
+    monkeypatch.setattr(cli, "CACHE_POLL_S", 0.05)
+    got = []
+    rank_1 = threading.Thread(target=lambda: got.append(cli.cache_for(args, cfg, dist.Dist(rank=1, world=2))))
+    rank_1.start()
+    rank_1.join(timeout=1.0)
+    assert rank_1.is_alive() and barriers == []  # still watching, not yet in the barrier
+    built = ensure_cache(PreprocessConfig(data_dir=data, features=cfg.features, progress=False))  # rank 0's work
+    rank_1.join(timeout=30)
+    assert got == [built] and barriers == [1]
 
 
 def test_a_run_saved_before_the_levers_existed_still_exports(chain, tmp_path):

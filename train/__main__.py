@@ -16,7 +16,7 @@ import numpy as np
 from data.features import DENOISE_MODES, FeatureConfig
 from data.layout import LayoutError
 from data.paths import Workspace
-from data.preprocess import PreprocessConfig, ensure_cache
+from data.preprocess import PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache
 from train import dist
 from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, config_for
 from train.loop import fit
@@ -126,11 +126,20 @@ def model_config(args: argparse.Namespace, model: str, features: FeatureConfig, 
                       seed=args.seed, device=args.device, **overrides, **extra)
 
 
+CACHE_POLL_S = 5.0
+
+
 def cache_for(args: argparse.Namespace, cfg: TrainConfig, d: dist.Dist) -> Path:
-    """The feature cache, built by rank 0 alone while the other processes wait."""
+    """The feature cache, built by rank 0 alone while the other processes wait. They wait by
+    watching the cache, not in a barrier: NCCL gives up on a barrier after 10 minutes, and a
+    competition's first preprocessing takes longer (torchrun stops them if rank 0 fails)."""
     pre = PreprocessConfig(data_dir=Path(args.data), features=cfg.features, workers=args.preprocess_workers)
     if d.main:
         ensure_cache(pre)
+    else:
+        cache_dir = cache_dir_for(pre.data_dir, pre.features, pre.max_windows_per_recording)
+        while not cache_is_current(cache_dir, pre.data_dir):
+            time.sleep(CACHE_POLL_S)
     dist.barrier(d)
     return ensure_cache(pre)  # current by now: only checks and returns its folder
 

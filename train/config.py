@@ -87,7 +87,7 @@ class TrainConfig:
     holdout_fraction: float = 0.15  # recordings kept for `make holdout`; never trained on
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)
+    amp: bool = True  # mixed precision on CUDA (bf16 where the GPU has it in hardware, else fp16 with loss scaling)
     channels_last: bool = True  # CUDA: NHWC memory layout for the convolutions (tensor cores)
     num_workers: int = -1  # DataLoader workers; -1: 0 on CPU, up to 4 on CUDA
     schedule: str = "full"

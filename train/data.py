@@ -211,12 +211,19 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         """(epoch, window indices) per batch: the epoch travels with the key to the workers."""
         order = self.indices()
-        for start in range(0, len(order), self.batch_size):
-            yield self.epoch, order[start:start + self.batch_size].tolist()
+        starts = self._starts(len(order))
+        for start, end in zip(starts, [*starts[1:], len(order)]):
+            yield self.epoch, order[start:end].tolist()
+
+    def _starts(self, n: int) -> list[int]:
+        """Where each batch begins. A last batch of one window joins the batch before it: batch norm
+        cannot train on one (inception_v3's auxiliary head raises), and how many windows each process
+        gets changes with the number of GPUs."""
+        starts = list(range(0, n, self.batch_size))
+        return starts[:-1] if len(starts) > 1 and n - starts[-1] == 1 else starts
 
     def __len__(self) -> int:
-        per_rank = -(-self.n // self.world)
-        return -(-per_rank // self.batch_size)
+        return len(self._starts(-(-self.n // self.world)))
 
 
 def loader(dataset: CachedWindows, sampler: EpochSampler, num_workers: int, pin_memory: bool) -> DataLoader:

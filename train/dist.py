@@ -60,6 +60,15 @@ def broadcast(d: Dist, value):
     return box[0]
 
 
+def gather(d: Dist, value) -> list:
+    """Every process's value, in rank order, on every rank (e.g. each process's random streams)."""
+    if not d.active:
+        return [value]
+    values = [None] * d.world
+    tdist.all_gather_object(values, value)
+    return values
+
+
 def barrier(d: Dist) -> None:
     if d.active:
         tdist.barrier()

@@ -81,11 +81,16 @@ def probabilities(activation: str, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=-1)
 
 
+def native_bf16() -> bool:
+    """bf16 in hardware (Ampere and later). is_bf16_supported() alone also says yes for the
+    emulated bf16 of a T4 or V100, which is slow there: those take fp16 with loss scaling."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def autocast_for(device: torch.device, enabled: bool):
     if device.type != "cuda" or not enabled:
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if native_bf16() else torch.float16)
 
 
 CURVES_EVERY_S = 30.0  # curves.png at most this often (and after the last epoch): a CPU epoch is longer
@@ -231,13 +236,29 @@ class TrainState:
         """The weights validated and saved: the EMA where there is one."""
         return self.ema.module if self.ema is not None else dist.unwrap(self.model)
 
-    def snapshot(self, classes: list[str]) -> dict:
-        """last.pt's contents, copied to host memory: the next epoch can train while it is written."""
+    def random_streams(self) -> dict:
+        """This process's random states: its augmentation generator, torch's (CPU, and this
+        process's GPU: dropout there), numpy's and Python's."""
+        return {"aug_gen": self.aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+    def set_random_streams(self, streams: dict) -> None:
+        self.aug_gen.set_state(streams["aug_gen"])
+        torch.set_rng_state(streams["torch_rng"])
+        if streams.get("cuda_rng") is not None and torch.cuda.is_initialized():
+            torch.cuda.set_rng_state(streams["cuda_rng"])
+        np.random.set_state(streams["numpy_rng"])
+        random.setstate(streams["python_rng"])
+
+    def snapshot(self, classes: list[str], streams_by_rank: list[dict] | None = None) -> dict:
+        """last.pt's contents, copied to host memory: the next epoch can train while it is written.
+        streams_by_rank: every process's random_streams(), this one's alone by default (under
+        torchrun each process draws its own augmentations; a resumed run gives each its own back)."""
         return host_copy({
             "model_state": dist.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-            "scaler": self.scaler.state_dict(), "aug_gen": self.aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "scaler": self.scaler.state_dict(), "random_streams": streams_by_rank or [self.random_streams()],
             "history": self.history, "best": self.best, "classes": classes,
         })
 
@@ -246,8 +267,9 @@ class TrainState:
         """The evaluated model's state_dict inside a snapshot: best.pt shares last.pt's copy."""
         return snapshot["ema"]["module"] if snapshot["ema"] is not None else snapshot["model_state"]
 
-    def load(self, path: Path, classes: list[str], state: dict | None = None) -> None:
-        """Restore from last.pt (or from `state`, its contents already loaded)."""
+    def load(self, path: Path, classes: list[str], state: dict | None = None, d: dist.Dist = dist.Dist()) -> None:
+        """Restore from last.pt (or from `state`, its contents already loaded); this process takes
+        its own random streams."""
         if state is None:
             state = torch.load(path, map_location="cpu", weights_only=False)
         check_resume_classes(path, state["classes"], classes)
@@ -257,11 +279,14 @@ class TrainState:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.scaler.load_state_dict(state["scaler"])
-        self.aug_gen.set_state(state["aug_gen"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
         self.history, self.best = state["history"], state["best"]
+        streams = state.get("random_streams") or [state]  # a last.pt of before: rank 0's streams at the top level
+        if len(streams) == d.world:
+            self.set_random_streams(streams[d.rank])
+        else:  # saved by another number of processes: each starts fresh streams of its own
+            print(f"resume: saved by {len(streams)} process(es), resumed by {d.world}: the random streams restart "
+                  f"(the run goes on, not bit for bit as it would have)")
+            self.aug_gen.manual_seed(self.aug_gen.initial_seed() + 7919 * len(self.history))
 
 
 def check_resume_classes(path: Path, saved: list[str], classes: list[str]) -> None:
@@ -290,7 +315,7 @@ def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False, 
     if d.active:
         print(f"distributed: {d.world} processes, batch {cfg.batch_size} each ({cfg.batch_size * d.world} in all)")
     if saved is not None:
-        state.load(run_dir / "last.pt", data.classes, saved)
+        state.load(run_dir / "last.pt", data.classes, saved, d)
         print(f"resumed after epoch {len(state.history)}")
     try:
         for epoch in range(len(state.history) + 1, cfg.epochs + 1):
@@ -314,7 +339,7 @@ def setup_model(cfg: TrainConfig, num_classes: int, device: torch.device, pretra
 
 def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler:
     """Loss scaling only for fp16 autocast on CUDA; bf16 and fp32 need none (a no-op scaler)."""
-    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported())
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp and not native_bf16())
 
 
 def new_state(cfg: TrainConfig, data: Prepared, device: torch.device, d: dist.Dist, pretrained: bool) -> TrainState:
@@ -359,6 +384,7 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
           f"{row['train_samples_per_s']:.0f} samples/s" + ("  *best" if improved else ""))
     if improved:
         state.best = row
+    streams = dist.gather(d, state.random_streams())  # a collective: every process, before rank 0 writes
     if d.main:
         now = time.monotonic()
         draw = _curves_due(state.curves_drawn_at, now, epoch, cfg.epochs)
@@ -366,7 +392,7 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
         state.curves_drawn_at = now if draw else state.curves_drawn_at
         # The latest epoch's logits: any activation can be scored afterwards from them.
         np.savez_compressed(run_dir / "val_last.npz", logits=logits, label_idx=val.label_idx, epoch=epoch)
-        last = state.snapshot(data.classes)
+        last = state.snapshot(data.classes, streams)
         write_best = (_best_files(state.evaluated_weights(last), cfg, data.classes, row, probs, logits, val, run_dir)
                       if improved else None)
 
