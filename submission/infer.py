@@ -369,19 +369,26 @@ def levels_for(ensemble: Ensemble) -> list[Level]:
 
 @dataclass
 class Guard:
-    """Keeps the run inside its deadline by stepping down levels when the pace says it must."""
+    """Keeps the run inside its deadline by stepping down levels when the pace says it must.
+
+    The pace is measured between finished soundscapes over the last `window` of them, never from
+    the start: the first soundscape also pays the workers' start-up and first model runs, and
+    worker processes finish in waves (window: a whole number of waves). Until a window has
+    finished at the current level the guard steps down only when the deadline has already
+    passed its margin."""
 
     deadline_s: float
     n_total: int
     levels: list[Level]
     margin: float = 0.95  # aim to finish by 95% of the deadline
+    window: int = 4  # soundscapes the pace is averaged over (write_submission: 2 x workers in a pool)
     level: int = 0
     t0: float = field(default_factory=time.perf_counter)
-    recent: deque = field(default_factory=lambda: deque(maxlen=5))
+    finished_at: deque = field(default_factory=deque)  # perf_counter() of each soundscape done at this level
     switches: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self._last = self.t0
+        self.finished_at = deque(maxlen=self.window + 1)
 
     @property
     def current(self) -> Level:
@@ -392,19 +399,21 @@ class Guard:
         level = self.current
         return (level.features or default, level.predictor is None)
 
+    def pace_s(self) -> float | None:
+        """Seconds per soundscape over the last window at this level; None until a window has finished."""
+        if len(self.finished_at) <= self.window:
+            return None
+        return (self.finished_at[-1] - self.finished_at[0]) / self.window
+
     def record(self, done: int) -> None:
-        """After each soundscape: step down when the projected end passes the deadline. The
-        pace is the wall time between finished soundscapes (features overlap the model)."""
+        """After each soundscape: step down when the projected end passes the deadline."""
         now = time.perf_counter()
-        self.recent.append(now - self._last)
-        self._last = now
-        elapsed = now - self.t0
-        remaining = self.n_total - done
-        pace = float(np.median(self.recent))
-        projected = elapsed + remaining * pace
+        self.finished_at.append(now)
+        elapsed, remaining, pace = now - self.t0, self.n_total - done, self.pace_s()
+        projected = elapsed + remaining * pace if pace is not None else elapsed
         if remaining and projected > self.margin * self.deadline_s and self.level < len(self.levels) - 1:
             self.level += 1
-            self.recent.clear()
+            self.finished_at.clear()  # the new level's pace is its own
             note = (f"after {done} soundscapes, {elapsed:.0f} s: projected {projected / 60:.1f} min > deadline "
                     f"{self.deadline_s / 60:.1f} min -> {self.current.name}")
             self.switches.append(note)
@@ -531,7 +540,9 @@ def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path
     columns = [c for c in pd.read_csv(sample_submission, nrows=0).columns if c != "row_id"]
     paths = list_soundscapes(test_dir)
     timing = Timing()
-    guard = Guard(settings.deadline_s, len(paths), levels_for(ensemble))
+    n_pool = settings.parallel_soundscapes(ensemble.slowest_ms_per_window) if len(paths) > 1 else 0
+    # A pool finishes soundscapes in waves of n_pool: the guard's pace spans two whole waves.
+    guard = Guard(settings.deadline_s, len(paths), levels_for(ensemble), window=2 * n_pool if n_pool else 4)
 
     def rows(stem: str, probs: np.ndarray) -> pd.DataFrame:
         return submission_rows(stem, probs, ensemble.classes, columns, ensemble.features)
@@ -599,14 +610,20 @@ def _predict(level: Level, sf_: SoundscapeFeatures, n_classes: int, timing: Timi
 
 
 def find_competition(input_dir: Path, slug: str) -> Path:
-    """The competition's folder (holding sample_submission.csv), by slug or by search."""
-    direct = input_dir / slug
-    if (direct / "sample_submission.csv").exists():
-        return direct
+    """The competition's folder (holding sample_submission.csv): /kaggle/input/<slug>, or
+    /kaggle/input/competitions/<slug> (Kaggle's newer mount layout), else the one found by search,
+    a folder named slug first (several competitions may be attached)."""
+    for direct in (input_dir / slug, input_dir / "competitions" / slug):
+        if (direct / "sample_submission.csv").exists():
+            return direct
     hits = sorted(input_dir.glob("*/sample_submission.csv")) + sorted(input_dir.glob("*/*/sample_submission.csv"))
     if not hits:
         raise FileNotFoundError(f"no sample_submission.csv under {input_dir}: add the competition data to the notebook")
-    return hits[0].parent
+    named = [h.parent for h in hits if h.parent.name == slug]
+    if not named and len(hits) > 1:
+        print(f"warning: {slug} is not attached; of {len(hits)} competitions found, using {hits[0].parent}",
+              file=sys.stderr, flush=True)
+    return (named or [hits[0].parent])[0]
 
 
 def run_settings(manifest: dict) -> RunSettings:
@@ -626,8 +643,10 @@ def load_ensemble(kit_dir: Path, manifest: dict, threads: int) -> Ensemble:
     return Ensemble([KitModel.load(kit_dir / f, threads) for f in files], manifest.get("combine", "mean"))
 
 
-def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
-    """What the notebook does: load the model(s), write submission.csv and timing.json."""
+def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path, started_at: float | None = None) -> Path:
+    """What the notebook does: load the model(s), write submission.csv and timing.json.
+    started_at: the notebook's time.time() at its first cell; the deadline counts from there
+    (installing wheels and loading models are part of Kaggle's limit too)."""
     t0 = time.perf_counter()
     manifest = json.loads((kit_dir / MANIFEST_NAME).read_text())
     competition = find_competition(input_dir, manifest["competition"])
@@ -640,6 +659,10 @@ def run_notebook(kit_dir: Path, input_dir: Path, working_dir: Path) -> Path:
            else f"{workers} feature workers, {threads} model threads")
     print(f"models: {names}; {len(ensemble.classes)} classes; {how}; deadline {settings.deadline_s / 60:.0f} min; "
           f"competition data {competition}")
+    if started_at is not None:
+        spent_s = max(0.0, time.time() - started_at)
+        settings = replace(settings, deadline_s=settings.deadline_s - spent_s)
+        print(f"deadline: {settings.deadline_s / 60:.1f} min left for the soundscapes ({spent_s:.0f} s of set-up spent)")
     working_dir.mkdir(parents=True, exist_ok=True)
     out_csv = working_dir / "submission.csv"
     post = PostProcess(**manifest.get("postprocess", {}))

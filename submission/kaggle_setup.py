@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
-SEARCH_DEPTH = 3  # wheel folders of a dataset attached by hand: /kaggle/input/<slug>[/<dir>[/<dir>]]/*.whl
+# Wheel folders of a dataset attached by hand: /kaggle/input/<slug>[/<dir>[/<dir>]]/*.whl, or in
+# Kaggle's newer mount layout /kaggle/input/datasets/<owner>/<slug>[/<dir>]/*.whl.
+SEARCH_DEPTH = 5
 
 
 class SetupError(RuntimeError):

@@ -39,7 +39,7 @@ install_missing(kit_dir / kit_wheels["dir"], kit_wheels["requirements"], search_
 
 RUN = """from submission.infer import run_notebook
 
-submission_csv = run_notebook(kit_dir, INPUT_DIR, WORKING_DIR)
+submission_csv = run_notebook(kit_dir, INPUT_DIR, WORKING_DIR, started_at=T0)
 print(f"done in {time.time() - T0:.1f} s")"""
 
 

@@ -30,7 +30,7 @@ import nbformat
 from data.features import FEATURES_VERSION, FeatureConfig
 from data.layout import DEFAULT_COMPETITION, competition_of, submission_columns
 from data.paths import REPO, Workspace, dist_dir
-from submission.budget import kaggle_test_set
+from submission.budget import KAGGLE_TEST_SETS, UNKNOWN_TEST_SET, kaggle_test_set
 from submission.infer import DEADLINE_MARGIN_MIN, MANIFEST_NAME, PostProcess
 from submission.notebook import build_notebook
 from submission.wheels import WHEELS_DIR, WheelConfig, WheelError, config_for, fetch_wheels
@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the notebook's own deadline: past its projection it switches to cheaper paths (default: "
                         f"the competition's Kaggle limit less {DEADLINE_MARGIN_MIN:g} min: "
                         f"{kaggle_test_set(DEFAULT_COMPETITION).deadline_min:g} for {DEFAULT_COMPETITION}, "
-                        f"{kaggle_test_set('birdclef-2025').deadline_min:g} for birdclef-2025)")
+                        f"{kaggle_test_set('birdclef-2025').deadline_min:g} for birdclef-2025, "
+                        f"{UNKNOWN_TEST_SET.deadline_min:g} for one the kit does not know)")
     p.add_argument("--int8", action="store_true",
                    help="quantise each model to int8 and ship it where the local score drops by <= 0.005")
     p.add_argument("--allow-class-mismatch", action="store_true",
@@ -422,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         post=PostProcess(tuple(args.smooth_kernel), args.mean_blend), combine=args.combine,
         budget_min=args.budget_min, deadline_min=args.deadline_min, bundle_wheels=not args.no_wheels,
         python_versions=args.python_versions, wheel_cache=args.wheel_cache)
+    if cfg.competition not in KAGGLE_TEST_SETS and cfg.deadline_min is None:
+        print(f"warning: the kit does not know {cfg.competition}'s Kaggle limit; the notebook's guard assumes the "
+              f"shortest known ({UNKNOWN_TEST_SET.limit_min:g} minutes: deadline {deadline_min(cfg):g}). Read the "
+              "competition's Code Requirements and pass PACKAGE_ARGS=\"--deadline-min <limit - 10>\".",
+              file=sys.stderr)
     try:
         notebook = package(cfg)
     except PackageError as e:

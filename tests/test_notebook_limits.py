@@ -134,6 +134,50 @@ def test_the_guard_steps_down_to_empty_rows_rather_than_miss_a_tiny_deadline(mod
     assert timing.levels.get("full", 0) >= 1
 
 
+@pytest.mark.parametrize("pipeline", list(PIPELINES))
+def test_the_guard_stays_at_full_when_the_run_fits_its_deadline(model, tiny_dataset, tmp_path, pipeline):
+    """The first soundscape also pays the workers' start-up; taken as the pace it projected a run
+    that fits in 40% of its deadline past it, and every later soundscape got empty rows."""
+    from dataclasses import replace
+
+    test_dir = tmp_path / "test_soundscapes"
+    test_dir.mkdir()
+    write_ogg(test_dir / "s00.ogg", chirps(60), SR)
+    for i in range(1, 10):
+        (test_dir / f"s{i:02d}.ogg").write_bytes((test_dir / "s00.ogg").read_bytes())
+    sub, out = tiny_dataset / "sample_submission.csv", tmp_path / "submission.csv"
+    unhurried = write_submission(Ensemble([model]), test_dir, sub, out,
+                                 settings=replace(PIPELINES[pipeline], deadline_s=3600))
+    needed_s = unhurried.done_s[-1]
+    timing = write_submission(Ensemble([model]), test_dir, sub, out,
+                              settings=replace(PIPELINES[pipeline], deadline_s=needed_s / 0.4))
+    assert timing.switches == [] and timing.levels == {"full": 10}
+    assert pd.read_csv(out).drop(columns="row_id").to_numpy().max() > 0  # real predictions to the last row
+
+
+def test_the_deadline_counts_from_the_notebooks_first_cell_not_from_the_first_soundscape(chain, tiny_dataset,
+                                                                                          tmp_path, monkeypatch):
+    import json
+    import time
+
+    from submission.infer import run_notebook
+
+    competition = tmp_path / "input" / "birdclef-2024"
+    (competition / "test_soundscapes").mkdir(parents=True)
+    (competition / "sample_submission.csv").write_bytes((tiny_dataset / "sample_submission.csv").read_bytes())
+    for i in range(3):
+        write_ogg(competition / "test_soundscapes" / f"s{i}.ogg", chirps(20), SR)
+    kit_dir = dist_dir() / "dataset"
+    deadline_s = json.loads((kit_dir / "birdkit.json").read_text())["runtime"]["deadline_s"]
+    monkeypatch.setenv("BIRDKIT_SOUNDSCAPE_WORKERS", "0")  # one soundscape at a time: each sees the guard's level
+    monkeypatch.setenv("BIRDKIT_FEATURE_WORKERS", "0")
+    # set-up (wheels, models) has already taken all of Kaggle's time: the guard must know
+    run_notebook(kit_dir, tmp_path / "input", tmp_path / "working", started_at=time.time() - deadline_s)
+    timing = json.loads((tmp_path / "working" / "timing.json").read_text())
+    assert timing["switches"] and timing["levels"].get("no model: empty rows", 0) >= 1
+    assert len(pd.read_csv(tmp_path / "working" / "submission.csv")) == 3 * 4  # every soundscape still has its rows
+
+
 def test_the_guard_has_cheaper_levels_for_ensembles_and_denoised_features(model):
     from dataclasses import replace
 

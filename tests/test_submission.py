@@ -265,3 +265,16 @@ def test_int8_is_shipped_only_when_the_local_score_allows_it(chain, tiny_dataset
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "dist" / "dataset" / "model.onnx")).metadata_props}
     assert ("quantization" in props) == (shipped == "int8")
     assert len(json.loads(props["classes"])) == json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())["classes"]
+
+
+@pytest.mark.parametrize("layout", ["{slug}", "competitions/{slug}"])
+def test_the_notebook_reads_its_own_competition_among_several_in_either_kaggle_mount_layout(tmp_path, layout, capsys):
+    from submission.infer import find_competition
+
+    for slug in ("birdclef-2023", "birdclef-2024"):  # sorted, 2023 comes first
+        folder = tmp_path / layout.format(slug=slug)
+        folder.mkdir(parents=True)
+        (folder / "sample_submission.csv").write_text("row_id,a\n")
+    assert find_competition(tmp_path, "birdclef-2024") == tmp_path / layout.format(slug="birdclef-2024")
+    assert find_competition(tmp_path, "birdclef-2025") == tmp_path / layout.format(slug="birdclef-2023")
+    assert "warning: birdclef-2025 is not attached; of 2 competitions found" in capsys.readouterr().err

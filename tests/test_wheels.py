@@ -311,6 +311,15 @@ def test_a_wheels_dataset_attached_by_hand_is_found(tmp_path, offline_pip, monke
     sys.modules.pop("birdkit_tinypkg", None)
 
 
+def test_wheels_datasets_are_found_in_both_of_kaggles_mount_layouts(tmp_path):
+    from submission.kaggle_setup import find_wheel_dirs
+
+    old, new = tmp_path / "my-wheels" / "whl", tmp_path / "datasets" / "me" / "ort-wheels"
+    for folder in (old, new, new / "deeper"):
+        build_wheel(folder)
+    assert find_wheel_dirs(tmp_path) == [old, new, new / "deeper"]
+
+
 def test_wheels_for_another_python_say_which_python_to_package_for(tmp_path, offline_pip):
     build_wheel(tmp_path / "wheels", tag="cp27-cp27mu-manylinux1_x86_64")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"

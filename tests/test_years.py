@@ -155,3 +155,26 @@ def test_the_kaggle_projection_follows_the_competitions_hidden_test_set():
     assert costs.projected_min(kaggle_test_set("birdclef-2025")) == pytest.approx(700 * 6.0 / 4 / 4 / 60)  # 4.4 min
     assert costs.projected_min(kaggle_test_set("birdclef-2023")) == pytest.approx(200 * 6.0 * 2.5 / 4 / 60)  # 10-min files
     assert kaggle_test_set("birdclef-2023").deadline_min == kaggle_test_set("birdclef-2024").deadline_min == 110
+
+
+def test_a_competition_the_kit_does_not_know_gets_the_shortest_known_limit_and_a_warning(tmp_path, capsys):
+    from submission.budget import kaggle_test_set
+    from submission.package import PackageConfig, deadline_min
+
+    unknown = kaggle_test_set("birdclef-2031")
+    assert (unknown.soundscapes, unknown.soundscape_s, unknown.limit_min) == (1100, 240.0, 90.0)  # most audio, 90 min
+    assert deadline_min(PackageConfig(onnx_paths=[], out_dir=tmp_path, competition="birdclef-2031")) == 80
+    assert deadline_min(PackageConfig(onnx_paths=[], out_dir=tmp_path, competition="birdclef-2031",
+                                      deadline_min=100)) == 100
+
+
+def test_packaging_for_a_competition_the_kit_does_not_know_says_which_limit_it_assumed(chain, tiny_dataset,
+                                                                                       tmp_path, capsys):
+    from submission.package import main as package_main
+
+    assert package_main(["--data", str(tiny_dataset), "--no-wheels", "--ensemble", "1", "--competition",
+                         "birdclef-2031", "--out", str(tmp_path / "dist")]) == 0
+    assert ("warning: the kit does not know birdclef-2031's Kaggle limit; the notebook's guard assumes the shortest "
+            "known (90 minutes: deadline 80)") in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())
+    assert manifest["runtime"]["deadline_s"] == 80 * 60
