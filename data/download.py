@@ -214,11 +214,18 @@ def http_error_message(error: requests.HTTPError, competition: str, creds: Crede
             f'{SETTINGS_URL} ("Create New Token"),\n'
             f"  put it in place of {creds.source}, and rerun."
         )
-    if status == 403:
+    if status == 403 and "rules" in said.lower():
         return (
             f"Kaggle refused the {competition} data (HTTP 403: {said}).\n"
             f"  This account has not accepted the competition rules yet: open {page}/rules,\n"
-            '  sign in, click "I Understand and Accept", then rerun.'
+            '  sign in, click "I Understand and Accept" (a finished competition offers "Join Competition" or\n'
+            '  "Late Submission" instead), then rerun.'
+        )
+    if status == 403:  # Kaggle's words do not say why: the usual causes, most likely first
+        return (
+            f"Kaggle refused the {competition} data (HTTP 403: {said}).\n"
+            f"  Accept the competition rules at {page}/rules if this account has not, check that it is\n"
+            f"  phone-verified ({SETTINGS_URL}) and that '{competition}' is the competition's slug, then rerun."
         )
     if status == 404:
         return (

@@ -79,12 +79,14 @@ def slugify(title: str) -> str:
 
 
 def kaggle_username() -> str | None:
-    """The user name only (never the key): env first, then kaggle.json."""
+    """The user name only (never the key): env first, then kaggle.json where the kaggle client
+    looks for it (KAGGLE_CONFIG_DIR, ~/.kaggle, else ~/.config/kaggle on Linux)."""
+    from data.download import kaggle_config_dir
+
     if os.environ.get("KAGGLE_USERNAME"):
         return os.environ["KAGGLE_USERNAME"]
-    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
     try:
-        return json.loads((config_dir / "kaggle.json").read_text()).get("username")
+        return json.loads((kaggle_config_dir() / "kaggle.json").read_text()).get("username")
     except (OSError, ValueError):
         return None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -145,11 +146,15 @@ def explained(action: str, creds: Credentials):
 
 
 def dataset_status(api, ref: str) -> str | None:
-    """Kaggle's status of the dataset ('ready', ...), or None when it has none under ref."""
+    """Kaggle's status of the dataset ('ready', ...), or None when it has none under ref. Kaggle
+    answers 403 ("Permission 'datasets.get' was denied") as well as 404 for a dataset that does
+    not exist, or not yet visibly (just created): the kaggle client's own dataset_create_new reads
+    any error here as "not found". The ids were checked to be the signed-in user's, and a real
+    refusal comes back from creating it, in words."""
     try:
         return api.dataset_status(ref)
     except requests.HTTPError as e:
-        if e.response is not None and e.response.status_code == 404:
+        if e.response is not None and e.response.status_code in (403, 404):
             return None
         raise
 
@@ -209,8 +214,10 @@ def push_notebook(api, d: Dist, creds: Credentials) -> None:
     if getattr(result, "error", None) or problems:
         raise UploadError(f"Kaggle did not accept the notebook {d.kernel_id}: "
                           + "; ".join(filter(None, [getattr(result, "error", None), *problems]))
-                          + (".\n  Accept the competition rules on its page, or check the ids in "
-                             f"{d.notebook_dir / KERNEL_META}." if problems else ""))
+                          + (".\n  Accept the competition rules on its page ("
+                             + ", ".join(f"https://www.kaggle.com/competitions/{c}/rules"
+                                         for c in d.kernel_meta.get("competition_sources", []))
+                             + f"), or check the ids in {d.notebook_dir / KERNEL_META}." if problems else ""))
     version = f" (version {result.version_number})" if getattr(result, "version_number", None) else ""
     print(f"upload: notebook pushed{version}: {result.url or d.kernel_id}")
     print("upload: Kaggle runs it now; when it has finished, submit it to the competition from its page")
@@ -247,6 +254,9 @@ def run(args: argparse.Namespace, secrets: list[str]) -> None:
               "to the notebook on Kaggle")
     with explained("sign in", creds):
         api = kaggle_api(creds)
+    signed_in = api.config_values.get(api.CONFIG_NAME_USER)  # an access token's user, from Kaggle
+    if signed_in and not creds.username:
+        check_ids(d, dataclasses.replace(creds, username=signed_in, source=f"{creds.source} (user {signed_in})"))
     if not args.notebook_only:
         upload_dataset(api, d, args.message or default_message(d.manifest), args.public, creds)
         wait_until_ready(api, d.dataset_id, creds, args.wait_s, args.poll_s)

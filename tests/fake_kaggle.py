@@ -18,8 +18,9 @@ connection, once (the next request gets everything).
 The upload side (`make upload`, KaggleApi.dataset_create_new / dataset_create_version / kernels_push):
 
     POST /api/v1/datasets.DatasetApiService/GetDatasetStatus
-         -> 404 for a dataset it does not hold, else {"status": ...}: the next of `statuses`
-            after each create or version, then READY
+         -> 404 (or `unknown_dataset_status`: 403, as Kaggle may answer) for a dataset it does not
+            hold, else {"status": ...}: the next of `statuses` after each create or version, then
+            READY ("FORBIDDEN" in `statuses`: a 403, a dataset just created and not visible yet)
     POST /api/v1/blobs.BlobApiService/StartBlobUpload
          -> {"token", "createUrl": /upload/<token>}, the URL the client PUTs the file to (GCS's role)
     PUT  /upload/<token>   -> stores the bytes
@@ -67,11 +68,14 @@ class FakeKaggle:
     key: str = ""
     token: str = ""  # a KAGGLE_API_TOKEN it accepts as a Bearer token
     fail_with: int | None = None  # 401 or 403 for DownloadDataFiles
+    forbidden_message: str = "You must accept this competition's rules before you'll be able to download files."
     drop_after: int | None = None  # close the next archive download after this many bytes
     last_modified: float = 1_700_000_000.0
     # upload side
     datasets: dict[str, list[dict]] = field(default_factory=dict)  # "owner/slug" -> versions
-    statuses: list[str] = field(default_factory=list)  # what GetDatasetStatus says after an upload, then READY
+    # what GetDatasetStatus says after an upload, then READY; "FORBIDDEN": a 403, as for a dataset not visible yet
+    statuses: list[str] = field(default_factory=list)
+    unknown_dataset_status: int = 404  # GetDatasetStatus of a dataset it does not hold (403: the real server's answer)
     fail: dict[str, int] = field(default_factory=dict)  # RPC name -> HTTP status to answer it with
     kernels: list[dict] = field(default_factory=list)  # SaveKernel requests
     kernel_response: dict = field(default_factory=dict)  # extra fields of SaveKernel's answer
@@ -198,10 +202,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _rpc_GetDatasetStatus(self, body: dict) -> None:
         ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        denied = "Permission 'datasets.get' was denied"
         if ref not in self.fake.datasets:
-            return self._error(404, "Not found")
+            status = self.fake.unknown_dataset_status
+            return self._error(status, denied if status == 403 else "Not found")
         queue = self.fake.pending.get(ref) or []
-        self._json(200, {"status": queue.pop(0) if queue else "READY"})
+        status = queue.pop(0) if queue else "READY"
+        if status == "FORBIDDEN":
+            return self._error(403, denied)
+        self._json(200, {"status": status})
 
     def _rpc_StartBlobUpload(self, body: dict) -> None:
         token = f"blob-{len(self.fake.blobs) + 1}"
@@ -250,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.fake.authorized(self.headers.get("Authorization")) or self.fake.fail_with == 401:
             return self._error(401, "Unauthenticated")
         if self.fake.fail_with == 403:
-            return self._error(403, "You must accept this competition's rules before you'll be able to download files.")
+            return self._error(403, self.fake.forbidden_message)
         if competition not in self.fake.archives:
             return self._error(404, "Competition not found")
         self.send_response(302)

@@ -271,9 +271,24 @@ def test_unaccepted_rules_say_to_accept_them_on_the_rules_page(env, fake, capsys
         "before you'll be able to download files.).\n"
         f"  This account has not accepted the competition rules yet: open "
         f"https://www.kaggle.com/competitions/{COMPETITION}/rules,\n"
-        '  sign in, click "I Understand and Accept", then rerun.\n'
+        '  sign in, click "I Understand and Accept" (a finished competition offers "Join Competition" or\n'
+        '  "Late Submission" instead), then rerun.\n'
     )
     assert list(env.iterdir()) == []
+
+
+def test_a_403_that_does_not_name_the_rules_lists_the_usual_causes(env, fake, capsys):
+    fake.fail_with = 403
+    fake.forbidden_message = "Permission 'competitions.get' was denied"
+
+    assert run(env / COMPETITION) == 1
+
+    assert capsys.readouterr().err == (
+        f"error: Kaggle refused the {COMPETITION} data (HTTP 403: Permission 'competitions.get' was denied).\n"
+        f"  Accept the competition rules at https://www.kaggle.com/competitions/{COMPETITION}/rules if this "
+        "account has not, check that it is\n"
+        f"  phone-verified (https://www.kaggle.com/settings/api) and that '{COMPETITION}' is the competition's "
+        "slug, then rerun.\n")
 
 
 def test_rejected_credentials_say_to_create_a_new_token(env, fake, capsys):

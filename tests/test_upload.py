@@ -200,6 +200,20 @@ def test_a_dataset_still_processing_after_the_wait_says_how_to_push_the_notebook
     assert len(fake.kernels) == 1 and len(fake.datasets[DATASET]) == 1
 
 
+def test_a_first_upload_works_where_kaggle_answers_403_for_a_dataset_it_does_not_show_yet(dist, fake, capsys):
+    fake.unknown_dataset_status = 403  # "Permission 'datasets.get' was denied": not there, or not visible yet
+    fake.statuses = ["FORBIDDEN", "BLOBS_RECEIVED"]
+
+    assert run(dist) == 0
+
+    assert len(fake.datasets[DATASET]) == 1 and len(fake.kernels) == 1
+    out = capsys.readouterr().out
+    assert f"upload: dataset {DATASET} does not exist yet: creating it (private)\n" in out
+    assert (f"upload: waiting for Kaggle to process {DATASET} (status: not visible yet)\n"
+            f"upload: waiting for Kaggle to process {DATASET} (status: blobs_received)\n"
+            f"upload: dataset {DATASET} is ready\n") in out
+
+
 def test_a_kaggle_api_token_is_sent_as_a_bearer_token(dist, fake, monkeypatch, capfd):
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
@@ -240,6 +254,35 @@ def test_ids_of_another_user_than_the_credentials_are_refused(dist, fake, monkey
         "'someone-else'.\n  Re-run `make package` with KAGGLE_USERNAME=someone-else, or use that account's "
         "credentials.\n")
     assert fake.requests == []
+
+
+def test_ids_of_another_user_than_an_access_tokens_are_refused_once_kaggle_names_its_user(env, fake, monkeypatch,
+                                                                                          capsys):
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone-else")
+    dist = make_dist(env)
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", FAKE_TOKEN)  # a token names no user: Kaggle tells whose it is
+    capsys.readouterr()
+
+    assert run(dist) == 1
+
+    assert capsys.readouterr().err == (
+        "error: the packaged ids belong to 'someone-else', but the credentials from KAGGLE_API_TOKEN (user tester) "
+        "are for 'tester'.\n  Re-run `make package` with KAGGLE_USERNAME=tester, or use that account's credentials.\n")
+    assert [r["what"] for r in fake.requests] == ["introspect"]  # nothing uploaded
+
+
+def test_packaging_finds_the_user_name_where_the_kaggle_client_finds_kaggle_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("KAGGLE_USERNAME", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".config" / "kaggle").mkdir(parents=True)  # no ~/.kaggle: Linux's ~/.config/kaggle
+    (tmp_path / ".config" / "kaggle" / "kaggle.json").write_text('{"username": "xdguser", "key": "k"}')
+    assert package.kaggle_username() == "xdguser"
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "legacy", "key": "k"}')
+    assert package.kaggle_username() == "legacy"
 
 
 def test_no_package_yet_says_to_run_make_package(env, capsys):
@@ -295,7 +338,8 @@ def test_a_refused_competition_source_names_it(dist, fake, capsys):
 
     assert error_in(capsys.readouterr().err) == (
         f"error: Kaggle did not accept the notebook {KERNEL}: competition sources ['birdclef-2024'].\n"
-        f"  Accept the competition rules on its page, or check the ids in {dist / 'notebook' / 'kernel-metadata.json'}.\n")
+        "  Accept the competition rules on its page (https://www.kaggle.com/competitions/birdclef-2024/rules), or "
+        f"check the ids in {dist / 'notebook' / 'kernel-metadata.json'}.\n")
 
 
 def test_an_unreachable_kaggle_says_to_check_the_network(dist, capsys):
