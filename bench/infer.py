@@ -33,7 +33,8 @@ import numpy as np
 
 from data.paths import Workspace, dist_dir, output_root
 from submission.budget import (
-    KAGGLE_CORES, KAGGLE_SOUNDSCAPES, MEASURED_SOUNDSCAPE_S, Costs, feature_seconds_per_soundscape, model_seconds_per_soundscape, single_core,
+    KAGGLE_CORES, KAGGLE_SOUNDSCAPES, MEASURED_SOUNDSCAPE_S, Costs, feature_seconds_per_soundscape,
+    model_seconds_per_soundscape, single_core,
 )
 
 TARGET_MIN, TARGET_OVERHEAD, TARGET_PEAK_GB = 30.0, 1.3, 4.0

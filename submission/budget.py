@@ -2,9 +2,10 @@
 
 Kaggle scores the notebook on a CPU machine: 4 cores, about 1,100 hidden 4-minute soundscapes
 (52,800 windows), 120 minutes (BirdCLEF 2024; 2023: about 200 ten-minute soundscapes, 24,000
-windows, 120 minutes; 2025: about 700 one-minute soundscapes, 8,400 windows, 90 minutes). The projection assumes Kaggle's cores are as fast as this
-machine's and that decoding, features and the model overlap on all cores (the notebook's
-feature workers run beside the model), so the CPU seconds per soundscape divide by the cores.
+windows, 120 minutes; 2025: about 700 one-minute soundscapes, 8,400 windows, 90 minutes). The
+projection assumes Kaggle's cores are as fast as this machine's and that decoding, features and
+the model overlap on all cores (the notebook's feature workers run beside the model), so the CPU
+seconds per soundscape divide by the cores.
 """
 from __future__ import annotations
 

@@ -384,8 +384,8 @@ class Guard:
     window: int = 4  # soundscapes the pace is averaged over (write_submission: 2 x workers in a pool)
     level: int = 0
     t0: float = field(default_factory=time.perf_counter)
-    finished_at: deque = field(default_factory=deque)  # perf_counter() of each soundscape done at this level
     switches: list[str] = field(default_factory=list)
+    finished_at: deque = field(init=False)  # perf_counter() of the last window + 1 soundscapes done at this level
 
     def __post_init__(self):
         self.finished_at = deque(maxlen=self.window + 1)
@@ -543,6 +543,7 @@ def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path
     n_pool = settings.parallel_soundscapes(ensemble.slowest_ms_per_window) if len(paths) > 1 else 0
     # A pool finishes soundscapes in waves of n_pool: the guard's pace spans two whole waves.
     guard = Guard(settings.deadline_s, len(paths), levels_for(ensemble), window=2 * n_pool if n_pool else 4)
+    scored = _scored(paths, ensemble, guard, timing, settings, n_pool)
 
     def rows(stem: str, probs: np.ndarray) -> pd.DataFrame:
         return submission_rows(stem, probs, ensemble.classes, columns, ensemble.features)
@@ -551,7 +552,7 @@ def write_submission(ensemble: Ensemble, test_dir: Path, sample_submission: Path
     raw = CsvStream(raw_csv, columns) if raw_csv else None
     members = ([CsvStream(raw_member_csv(raw_csv, k), columns) for k in range(len(ensemble.models))]
                if raw_csv and len(ensemble.models) > 1 else [])
-    for i, (path, level, stack) in enumerate(_scored(paths, ensemble, guard, timing, settings), 1):
+    for i, (path, level, stack) in enumerate(scored, 1):
         probs = level.combine(stack)
         out.write(rows(path.stem, post(probs)))
         if raw:
@@ -575,11 +576,12 @@ def raw_member_csv(raw_csv: Path, k: int) -> Path:
     return raw_csv.with_name(f"{raw_csv.stem}_model-{k + 1}{raw_csv.suffix}")
 
 
-def _scored(paths: list[Path], ensemble: Ensemble, guard: Guard, timing: Timing, settings: RunSettings):
+def _scored(paths: list[Path], ensemble: Ensemble, guard: Guard, timing: Timing, settings: RunSettings,
+            n_pool: int):
     """(path, level, each model's probabilities [models, n, classes]) per soundscape, in order:
-    from a SoundscapePool, or from feature workers feeding the model in this process."""
-    n_pool = settings.parallel_soundscapes(ensemble.slowest_ms_per_window)
-    if n_pool > 0 and len(paths) > 1:
+    from a SoundscapePool of n_pool processes, or (n_pool 0) from feature workers feeding the
+    model in this process."""
+    if n_pool > 0:
         yield from SoundscapePool(paths, ensemble, guard, n_pool).results(timing)
         return
     workers, _ = settings.resolved()
