@@ -62,6 +62,10 @@ class FloorConfig:
 
 
 # ------------------------------------------------------------------------------ features
+FEW_ROWS = 20_000  # below this the logistic regression fits on one BLAS thread
+STATS_CHUNK = 1024  # windows read and turned into float64 at a time: ~330 MB, whatever the dataset's size
+
+
 def band_stats(windows: np.ndarray) -> np.ndarray:
     """[n, n_mels, n_frames] log-mel windows -> [n, 2 * n_mels]: each band's mean over time,
     then each band's standard deviation over time (population std, ddof=0), in float64."""
@@ -69,6 +73,16 @@ def band_stats(windows: np.ndarray) -> np.ndarray:
     if w.ndim != 3:
         raise ValueError(f"expected windows [n, n_mels, n_frames], got shape {w.shape}")
     return np.concatenate([w.mean(axis=2), w.std(axis=2)], axis=1)
+
+
+def cached_band_stats(cache: FeatureCache, rows: np.ndarray) -> np.ndarray:
+    """band_stats of the cache's windows at `rows`, a chunk at a time: a whole competition's
+    windows in float64 would need ~90 GB."""
+    X = np.empty((len(rows), 2 * cache.features.n_mels), dtype=np.float64)
+    for start in range(0, len(rows), STATS_CHUNK):
+        chunk = rows[start:start + STATS_CHUNK]
+        X[start:start + len(chunk)] = band_stats(cache.windows[chunk])
+    return X
 
 
 @dataclass
@@ -96,7 +110,7 @@ def window_table(cache: FeatureCache, meta: pd.DataFrame, classes: list[str], wi
         rows += r
         labels += [col[rec.primary_label]] * len(r)
         recs += [rec.filename] * len(r)
-    X = band_stats(cache.windows[np.asarray(rows, dtype=np.int64)]) if rows else np.zeros((0, 2 * cache.features.n_mels))
+    X = cached_band_stats(cache, np.asarray(rows, dtype=np.int64))
     return WindowTable(X, np.asarray(labels, dtype=np.int64), np.asarray(recs, dtype=object), classes, missing)
 
 
@@ -124,8 +138,10 @@ def fit_predict(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_
     scaler = StandardScaler().fit(X_train)
     model = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, solver="lbfgs")  # multinomial for >2 classes
     probs = np.zeros((len(X_test), n_classes), dtype=np.float64)
-    # A few hundred rows x 2*n_mels: BLAS threads only contend (4x slower on a busy 2-core machine).
-    with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
+    # A few hundred rows x 2*n_mels: BLAS threads only contend (4x slower on a busy 2-core machine);
+    # a competition's ~100k rows are another matter (~1 s per lbfgs iteration on one thread).
+    threads = 1 if len(X_train) < FEW_ROWS else None  # None: as many as BLAS likes
+    with threadpool_limits(threads), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         model.fit(scaler.transform(X_train), y_train)
         probs[:, model.classes_] = model.predict_proba(scaler.transform(X_test))

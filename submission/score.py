@@ -159,13 +159,17 @@ POSTPROCESS_VARIANTS = {
 def postprocess_variants(solution: pd.DataFrame, raw: pd.DataFrame) -> dict[str, float]:
     """Kaggle's metric for each post-processing variant, applied per soundscape to the raw output."""
     classes = [c for c in raw.columns if c != "row_id"]
-    stems = raw.row_id.str.rsplit("_", n=1).str[0]
+    stems = raw.row_id.str.rsplit("_", n=1).str[0].to_numpy()
+    probs = raw[classes].to_numpy(np.float32)
+    # Each soundscape's rows are contiguous (the notebook writes them in order, check_submission):
+    # slices, not a mask over every row per soundscape (quadratic: ~40 s for 700 soundscapes).
+    ends = np.r_[np.flatnonzero(stems[1:] != stems[:-1]) + 1, len(stems)]
+    starts = np.r_[0, ends[:-1]]
     scores = {}
     for name, post in POSTPROCESS_VARIANTS.items():
         out = raw.copy()
-        for stem in stems.unique():
-            rows = stems == stem
-            out.loc[rows, classes] = post(raw.loc[rows, classes].to_numpy(np.float32))
+        if len(probs):
+            out[classes] = np.concatenate([post(probs[s:e]) for s, e in zip(starts, ends)])
         scores[name] = kaggle_score(solution, out)
     return scores
 

@@ -102,6 +102,17 @@ def test_the_floor_takes_at_most_the_first_n_windows_of_each_recording(tiny_data
     assert np.array_equal(table.X[table.recording == first], band_stats(cache.windows[rows]))
 
 
+def test_the_band_stats_are_read_a_chunk_at_a_time_with_the_same_values(tiny_dataset, tiny_cache, monkeypatch):
+    import bench.floor as floor
+
+    meta = read_metadata(tiny_dataset)
+    cache = FeatureCache.open(tiny_cache)
+    whole = window_table(cache, meta, class_list(meta), windows_per_recording=3)
+    monkeypatch.setattr(floor, "STATS_CHUNK", 7)  # a competition's windows would not fit in memory at once
+    chunked = window_table(cache, meta, class_list(meta), windows_per_recording=3)
+    assert len(whole.X) > 7 and np.array_equal(chunked.X, whole.X)
+
+
 def test_the_floor_beats_chance_clearly_on_the_tiny_synthetic_dataset(tiny_dataset, tiny_cache):
     result = run_floor(tiny_dataset, FloorConfig(), cache_dir=tiny_cache, progress=False)
     assert result["classes"] == 4 and result["recordings"] == 24 and len(result["folds"]) == 5

@@ -80,6 +80,23 @@ def test_score_reports_what_each_post_processing_variant_gives(chain):
     assert variants["none"] == pytest.approx(result["score"])  # the package ships no post-processing
 
 
+def test_post_processing_variants_smooth_and_blend_each_soundscape_on_its_own():
+    from submission.score import POSTPROCESS_VARIANTS, postprocess_variants
+    from train.metrics import kaggle_score
+
+    rng = np.random.default_rng(0)
+    row_id = [f"{stem}_{end}" for stem in ("a", "b", "c") for end in (5, 10, 15, 20)]
+    raw = pd.DataFrame(rng.random((12, 3)), columns=["x", "y", "z"]).assign(row_id=row_id)[["row_id", "x", "y", "z"]]
+    solution = raw.assign(x=[1, 0, 0, 1] * 3, y=[0, 1, 1, 0] * 3, z=[0, 0, 1, 1] * 3)
+    scores = postprocess_variants(solution, raw)
+    for name, post in POSTPROCESS_VARIANTS.items():
+        by_hand = raw.copy()
+        for k in range(3):  # one soundscape's four rows at a time: nothing leaks between soundscapes
+            by_hand.iloc[4 * k:4 * k + 4, 1:] = post(raw.iloc[4 * k:4 * k + 4, 1:].to_numpy(np.float32))
+        assert scores[name] == pytest.approx(kaggle_score(solution, by_hand))
+    assert scores["smooth 0.25/0.5/0.25"] != pytest.approx(scores["none"])  # the variants differ
+
+
 @pytest.fixture(scope="module")
 def two_exports(chain, tmp_path_factory):
     """The chain's two runs exported best first, as `make export EXPORT_ARGS=--top 2` does."""

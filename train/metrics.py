@@ -14,11 +14,11 @@ def _rankdata(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties averaged (scipy.stats.rankdata's 'average')."""
     order = np.argsort(x, kind="mergesort")
     xs = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
+    new_value = np.r_[True, xs[1:] != xs[:-1]]
+    starts = np.flatnonzero(new_value)  # where each run of equal values begins in sorted order
     ends = np.r_[starts[1:], len(x)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + 1 + e) / 2.0
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(new_value) - 1]  # one vector op, not a loop per value
     return ranks
 
 
