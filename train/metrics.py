@@ -14,7 +14,7 @@ def _rankdata(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties averaged (scipy.stats.rankdata's 'average')."""
     order = np.argsort(x, kind="mergesort")
     xs = x[order]
-    new_value = np.r_[True, xs[1:] != xs[:-1]]
+    new_value = np.r_[np.ones(min(len(x), 1), bool), xs[1:] != xs[:-1]]  # the first value starts a run
     starts = np.flatnonzero(new_value)  # where each run of equal values begins in sorted order
     ends = np.r_[starts[1:], len(x)]
     ranks = np.empty(len(x), dtype=np.float64)
