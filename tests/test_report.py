@@ -111,3 +111,12 @@ def test_format_table_shows_a_dash_for_summaries_without_a_timing(runs):
     rows = table_rows(text)
     assert rows[summaries[0]["run"]][-1] == "-" and rows[summaries[1]["run"]][-1] == "1.23"
     assert "ONNX CPU ms/window" in text.splitlines()[0]
+
+
+def test_the_confusion_plot_names_every_one_of_birdclef_2024s_182_classes_and_thins_out_only_beyond():
+    from train.plots import tick_labels
+
+    assert tick_labels(24, 9.0) == (1, 7.0)  # few classes: every name at 7 pt
+    step, fontsize = tick_labels(182, 27.0)  # 2024's classes on the plot's largest figure
+    assert step == 1 and 4.0 <= fontsize < 7.0
+    assert tick_labels(1000, 27.0) == (4, 4.0)  # too many to name them all legibly: every 4th at 4 pt

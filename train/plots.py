@@ -44,6 +44,14 @@ def top_confusions(m: np.ndarray, classes: list[str], k: int = 5) -> list[tuple[
     return [(classes[t], classes[p], int(off[t, p])) for t, p in pairs if off[t, p] > 0]
 
 
+def tick_labels(n: int, height_in: float) -> tuple[int, float]:
+    """(every how many classes a row/column is named, font size in pt) for n classes on a figure
+    height_in tall: every class while a 4-pt name fits its row (BirdCLEF 2024's 182 all get one)."""
+    row_pt = 0.75 * height_in * 72 / n  # the matrix takes ~3/4 of the figure's height
+    fontsize = min(7.0, 0.8 * row_pt)
+    return (1, fontsize) if fontsize >= 4 else (int(np.ceil(4 / fontsize)), 4.0)
+
+
 def plot_confusion(m: np.ndarray, classes: list[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix (recall per true class on the diagonal)."""
     recall = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
@@ -51,9 +59,10 @@ def plot_confusion(m: np.ndarray, classes: list[str], path: Path, title: str) ->
     size = min(3 + 0.28 * n, 30)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     im = ax.imshow(recall, vmin=0, vmax=1, cmap="viridis")
-    ticks = np.arange(n) if n <= 60 else np.arange(0, n, max(1, n // 40))
-    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize=7)
-    ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=7)
+    step, fontsize = tick_labels(n, size * 0.9)
+    ticks = np.arange(0, n, step)
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, fraction=0.04, label="share of the true class's windows")
