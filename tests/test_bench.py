@@ -116,7 +116,9 @@ def test_the_pipeline_levers_time_an_ensemble_in_each_way_the_notebook_can_use_t
     from bench.infer import Benched, format_levers, pipeline_levers, write_soundscapes
     from data.paths import dist_dir
 
-    scapes = write_soundscapes(tmp_path / "scapes", 3, seconds=30.0)
+    # Two waves past the workers' first soundscapes: a pool hands results back in order, so with a
+    # single interval a busy machine can see the last two land together (a pace of 0).
+    scapes = write_soundscapes(tmp_path / "scapes", 6, seconds=30.0)
     model = dist_dir() / "dataset" / "model.onnx"
     rows = pipeline_levers(Benched("pair", [model, model]), scapes)
     pool = f"{os.cpu_count()} whole-soundscape workers"
