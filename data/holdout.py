@@ -66,9 +66,8 @@ import numpy as np
 import pandas as pd
 
 from data.audio_io import write_ogg
-from data.features import AudioError, FeatureConfig, load_audio
+from data.features import AudioError, FeatureConfig, audio_seconds, load_audio
 from data.labels import CallEvent, solution_frame, window_labels
-from data.features import audio_seconds
 from data.layout import class_list, list_audio, read_metadata
 from data.paths import Workspace
 from data.split import holdout_recordings

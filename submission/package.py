@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                         "kept while they fit --budget-min")
     p.add_argument("--combine", choices=["mean", "min"], default="mean", help="how ensemble members combine")
     p.add_argument("--budget-min", type=float, default=PackageConfig.budget_min,
-                   help="projected Kaggle minutes the ensemble may take (measured here; 4 cores, 1,100 soundscapes)")
+                   help="projected Kaggle minutes the ensemble may take (measured here, projected onto the "
+                        "competition's hidden test set on Kaggle's 4 cores: submission/budget.py)")
     p.add_argument("--deadline-min", type=float,
                    help="the notebook's own deadline: past its projection it switches to cheaper paths (default: "
                         f"the competition's Kaggle limit less {DEADLINE_MARGIN_MIN:g} min: "
