@@ -194,6 +194,18 @@ def test_the_slots_of_one_recording_never_repeat_a_window_within_an_epoch(tiny_d
         assert len(set(mine.tolist())) == len(mine)
 
 
+def test_a_batch_crops_each_window_as_it_would_alone_and_a_new_dataset_replays_the_epoch(tiny_dataset, tiny_cache):
+    splits, _ = tiny_splits(tiny_dataset, tiny_cache, max_windows_per_recording=3)
+    ds = CachedWindows(tiny_cache, splits.train, random_crop=True, seed=5)
+    idx = np.arange(len(splits.train))[::-1]
+    together = ds.rows_for(idx, epoch=2)
+    alone = np.concatenate([ds.rows_for(idx[i:i + 1], epoch=2) for i in range(len(idx))])
+    assert np.array_equal(together, alone)
+    fresh = CachedWindows(tiny_cache, splits.train, random_crop=True, seed=5)  # a resumed run's loader
+    assert np.array_equal(fresh.rows_for(idx, epoch=2), together)
+    assert not np.array_equal(fresh.rows_for(idx, epoch=3), together)
+
+
 def test_cross_validation_folds_validate_each_recording_exactly_once(tiny_dataset, tiny_cache):
     seen = []
     for k in range(3):
