@@ -7,8 +7,8 @@
 2. The dataset (dist/dataset): created when Kaggle has none under its id, else a new version of it
    (KaggleApi.dataset_create_new / dataset_create_version, which upload each file with
    StartBlobUpload + PUT; the folders code/ and wheels/ go up as zips, which Kaggle unpacks).
-3. Waits until Kaggle reports the dataset ready (GetDatasetStatus): a notebook pushed earlier
-   would mount the previous version.
+3. Waits until Kaggle reports the dataset ready (GetDatasetStatus) at a version past the one it
+   replaced (GetDataset): a notebook pushed earlier would mount the previous version.
 4. Pushes the notebook (dist/notebook, KaggleApi.kernels_push): Kaggle runs it with the dataset
    and the competition attached, internet and GPU off. Submit it from its page when it finishes.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import json
 import sys
 import time
@@ -145,25 +146,34 @@ def explained(action: str, creds: Credentials):
 # ---------------------------------------------------------------- the steps
 
 
-def dataset_status(api, ref: str) -> str | None:
-    """Kaggle's status of the dataset ('ready', ...), or None when it has none under ref. Kaggle
-    answers 403 ("Permission 'datasets.get' was denied") as well as 404 for a dataset that does
-    not exist, or not yet visibly (just created): the kaggle client's own dataset_create_new reads
-    any error here as "not found". The ids were checked to be the signed-in user's, and a real
-    refusal comes back from creating it, in words."""
+STATUS_FIELDS = "json(status,current_version_number)"  # the kaggle client's field selection (2.x)
+
+
+def dataset_state(api, ref: str) -> tuple[str | None, int | None]:
+    """Kaggle's status of the dataset ('ready', ...) and its current version number; (None, None)
+    when it has none under ref. Kaggle answers 403 ("Permission 'datasets.get' was denied") as well
+    as 404 for a dataset that does not exist, or not yet visibly (just created): the kaggle
+    client's own dataset_create_new reads any error here as "not found". The ids were checked to be
+    the signed-in user's, and a real refusal comes back from creating it, in words. The version
+    is None from a client too old to report it."""
     try:
-        return api.dataset_status(ref)
+        if "format" not in inspect.signature(api.dataset_status).parameters:  # a client before 2.x: status alone
+            return api.dataset_status(ref), None
+        state = json.loads(api.dataset_status(ref, format=STATUS_FIELDS))
     except requests.HTTPError as e:
         if e.response is not None and e.response.status_code in (403, 404):
-            return None
+            return None, None
         raise
+    return state.get("status"), state.get("current_version_number") or None
 
 
-def upload_dataset(api, d: Dist, message: str, public: bool, creds: Credentials) -> str:
-    """Create or version the dataset; returns 'created' or 'versioned'."""
+def upload_dataset(api, d: Dist, message: str, public: bool, creds: Credentials) -> int | None:
+    """Create or version the dataset; returns the version it replaces (None for a new dataset,
+    or where the client cannot tell)."""
     ref = d.dataset_id
     with explained(f"look up the dataset {ref}", creds):
-        exists = dataset_status(api, ref) is not None
+        status, previous = dataset_state(api, ref)
+    exists = status is not None
     if exists:
         print(f"upload: dataset {ref} exists: uploading a new version ({message!r})")
         with explained(f"upload a new version of the dataset {ref}", creds):
@@ -177,19 +187,25 @@ def upload_dataset(api, d: Dist, message: str, public: bool, creds: Credentials)
         raise UploadError(f"Kaggle did not {'version' if exists else 'create'} the dataset {ref}: {error or result.status}")
     if getattr(result, "invalid_tags", None):
         print(f"upload: Kaggle ignored these invalid tags: {result.invalid_tags}")
-    return "versioned" if exists else "created"
+    return previous if exists else None
 
 
 def wait_until_ready(api, ref: str, creds: Credentials, timeout_s: float = DEFAULT_WAIT_S, poll_s: float = POLL_S,
-                     sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
-    """Poll Kaggle until it has processed the dataset's new files."""
+                     sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                     replaces: int | None = None) -> None:
+    """Poll Kaggle until it has processed the dataset's new files. After a new version, 'ready'
+    counts only once the current version is past `replaces`: right after the upload Kaggle may
+    still report the previous version, ready, and a notebook pushed then would mount it."""
     deadline = clock() + timeout_s
     last = None
     while True:
         with explained(f"check the status of the dataset {ref}", creds):
-            status = dataset_status(api, ref) or "not visible yet"
+            status, version = dataset_state(api, ref)
+        status = status or "not visible yet"
+        if status == "ready" and replaces is not None and version is not None and version <= replaces:
+            status = f"ready, but still version {version}"
         if status == "ready":
-            print(f"upload: dataset {ref} is ready")
+            print(f"upload: dataset {ref} is ready" + (f" (version {version})" if version else ""))
             return
         if status in ("failed", "deleted"):
             raise UploadError(f"Kaggle could not process the dataset {ref} (status: {status}): open "
@@ -258,8 +274,8 @@ def run(args: argparse.Namespace, secrets: list[str]) -> None:
     if signed_in and not creds.username:
         check_ids(d, dataclasses.replace(creds, username=signed_in, source=f"{creds.source} (user {signed_in})"))
     if not args.notebook_only:
-        upload_dataset(api, d, args.message or default_message(d.manifest), args.public, creds)
-        wait_until_ready(api, d.dataset_id, creds, args.wait_s, args.poll_s)
+        replaces = upload_dataset(api, d, args.message or default_message(d.manifest), args.public, creds)
+        wait_until_ready(api, d.dataset_id, creds, args.wait_s, args.poll_s, replaces=replaces)
     push_notebook(api, d, creds)
 
 

@@ -20,7 +20,10 @@ The upload side (`make upload`, KaggleApi.dataset_create_new / dataset_create_ve
     POST /api/v1/datasets.DatasetApiService/GetDatasetStatus
          -> 404 (or `unknown_dataset_status`: 403, as Kaggle may answer) for a dataset it does not
             hold, else {"status": ...}: the next of `statuses` after each create or version, then
-            READY ("FORBIDDEN" in `statuses`: a 403, a dataset just created and not visible yet)
+            READY ("FORBIDDEN" in `statuses`: a 403, a dataset just created and not visible yet;
+            "STALE": READY while the previous version is still the current one)
+    POST /api/v1/datasets.DatasetApiService/GetDataset
+         -> {"currentVersionNumber": ...}: the version the last GetDatasetStatus answered for
     POST /api/v1/blobs.BlobApiService/StartBlobUpload
          -> {"token", "createUrl": /upload/<token>}, the URL the client PUTs the file to (GCS's role)
     PUT  /upload/<token>   -> stores the bytes
@@ -73,8 +76,10 @@ class FakeKaggle:
     last_modified: float = 1_700_000_000.0
     # upload side
     datasets: dict[str, list[dict]] = field(default_factory=dict)  # "owner/slug" -> versions
-    # what GetDatasetStatus says after an upload, then READY; "FORBIDDEN": a 403, as for a dataset not visible yet
+    # what GetDatasetStatus says after an upload, then READY; "FORBIDDEN": a 403, as for a dataset not visible yet;
+    # "STALE": READY, with GetDataset still on the previous version
     statuses: list[str] = field(default_factory=list)
+    current_version: dict[str, int] = field(default_factory=dict)  # "owner/slug" -> what GetDataset reports
     unknown_dataset_status: int = 404  # GetDatasetStatus of a dataset it does not hold (403: the real server's answer)
     fail: dict[str, int] = field(default_factory=dict)  # RPC name -> HTTP status to answer it with
     kernels: list[dict] = field(default_factory=list)  # SaveKernel requests
@@ -189,7 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- the upload side
 
-    UPLOAD_RPCS = ("GetDatasetStatus", "StartBlobUpload", "CreateDataset", "CreateDatasetVersion", "SaveKernel")
+    UPLOAD_RPCS = ("GetDatasetStatus", "GetDataset", "StartBlobUpload", "CreateDataset", "CreateDatasetVersion", "SaveKernel")
 
     def _upload_rpc(self, rpc: str, body: dict) -> None:
         self.fake.log(what=rpc, body=body, auth=self.headers.get("Authorization"))
@@ -210,7 +215,17 @@ class _Handler(BaseHTTPRequestHandler):
         status = queue.pop(0) if queue else "READY"
         if status == "FORBIDDEN":
             return self._error(403, denied)
+        if status == "STALE":  # the previous version's status and number, for a moment
+            return self._json(200, {"status": "READY"})
+        self.fake.current_version[ref] = len(self.fake.datasets[ref])
         self._json(200, {"status": status})
+
+    def _rpc_GetDataset(self, body: dict) -> None:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.fake.datasets:
+            return self._error(403, "Permission 'datasets.get' was denied")
+        version = self.fake.current_version.get(ref, len(self.fake.datasets[ref]))
+        self._json(200, {"ref": ref, "currentVersionNumber": version})
 
     def _rpc_StartBlobUpload(self, body: dict) -> None:
         token = f"blob-{len(self.fake.blobs) + 1}"

@@ -107,7 +107,7 @@ def test_a_first_upload_creates_the_dataset_then_pushes_the_notebook(dist, fake,
     assert run(dist) == 0
 
     rpcs = [r["what"] for r in fake.requests if r["what"] != "PUT"]
-    assert rpcs[0] == "GetDatasetStatus" and rpcs[-2:] == ["GetDatasetStatus", "SaveKernel"]
+    assert rpcs[0] == "GetDatasetStatus" and rpcs[-3:] == ["GetDatasetStatus", "GetDataset", "SaveKernel"]
     assert rpcs.count("CreateDataset") == 1 and "CreateDatasetVersion" not in rpcs
     # The files: as packaged; the folders as zips, which Kaggle unpacks into code/ and wheels/.
     [version] = fake.datasets[DATASET]
@@ -136,7 +136,7 @@ def test_a_first_upload_creates_the_dataset_then_pushes_the_notebook(dist, fake,
     assert {r["auth"] for r in fake.requests if r["what"] == "PUT"} == {None}
     out = capsys.readouterr().out
     assert f"upload: dataset {DATASET} does not exist yet: creating it (private)\n" in out
-    assert f"upload: dataset {DATASET} is ready\n" in out
+    assert f"upload: dataset {DATASET} is ready (version 1)\n" in out
     assert out.endswith(f"upload: notebook pushed (version 1): {fake.url}/code/{KERNEL}\n"
                         "upload: Kaggle runs it now; when it has finished, submit it to the competition from its page\n")
 
@@ -171,7 +171,32 @@ def test_the_notebook_is_pushed_only_once_kaggle_has_processed_the_dataset(dist,
     out = capsys.readouterr().out
     assert (f"upload: waiting for Kaggle to process {DATASET} (status: blobs_received)\n"
             f"upload: waiting for Kaggle to process {DATASET} (status: blobs_decompressed)\n"
-            f"upload: dataset {DATASET} is ready\n") in out
+            f"upload: dataset {DATASET} is ready (version 1)\n") in out
+
+
+def test_a_new_version_waits_until_kaggle_stops_reporting_the_previous_one_as_ready(dist, fake, capsys):
+    assert run(dist) == 0
+    fake.statuses = ["STALE", "STALE", "BLOBS_RECEIVED"]  # right after the upload: version 1, ready
+
+    assert run(dist) == 0
+
+    out = capsys.readouterr().out.split(f"upload: dataset {DATASET} exists", 1)[1]
+    assert (f"upload: waiting for Kaggle to process {DATASET} (status: ready, but still version 1)\n"
+            f"upload: waiting for Kaggle to process {DATASET} (status: blobs_received)\n"
+            f"upload: dataset {DATASET} is ready (version 2)\n") in out
+    statuses_before_push = [r for r in fake.requests if r["what"] in ("GetDatasetStatus", "SaveKernel")]
+    assert [r["what"] for r in statuses_before_push[-5:]] == ["GetDatasetStatus"] * 4 + ["SaveKernel"]
+    assert len(fake.kernels) == 2
+
+
+def test_a_kaggle_client_without_field_selection_still_reports_the_status():
+    from submission.upload import dataset_state
+
+    class OlderClient:  # kaggle 1.x: dataset_status(dataset) -> str
+        def dataset_status(self, dataset):
+            return "ready"
+
+    assert dataset_state(OlderClient(), "tester/birdclef-kit-model") == ("ready", None)
 
 
 def test_a_dataset_kaggle_could_not_process_stops_before_the_notebook(dist, fake, capsys):
@@ -211,7 +236,7 @@ def test_a_first_upload_works_where_kaggle_answers_403_for_a_dataset_it_does_not
     assert f"upload: dataset {DATASET} does not exist yet: creating it (private)\n" in out
     assert (f"upload: waiting for Kaggle to process {DATASET} (status: not visible yet)\n"
             f"upload: waiting for Kaggle to process {DATASET} (status: blobs_received)\n"
-            f"upload: dataset {DATASET} is ready\n") in out
+            f"upload: dataset {DATASET} is ready (version 1)\n") in out
 
 
 def test_a_kaggle_api_token_is_sent_as_a_bearer_token(dist, fake, monkeypatch, capfd):
