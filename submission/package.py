@@ -1,7 +1,7 @@
 """`make package`: the exported model -> submission/dist/, ready to upload to Kaggle.
 
     submission/dist/
-      dataset/                    a Kaggle dataset (kaggle datasets create -p submission/dist/dataset)
+      dataset/                    a Kaggle dataset (kaggle datasets create -p submission/dist/dataset --dir-mode zip)
         dataset-metadata.json
         birdkit.json              manifest: model file, competition, class count, checksums
         model.onnx
@@ -194,7 +194,7 @@ def choose_members(cfg: PackageConfig) -> list[tuple[Path, dict]]:
             continue
         members.append((path, meta))
     if cfg.int8:
-        members = [(int8_or_float(path, cfg), meta) for path, meta in members]
+        members = [(int8_or_float(path, meta, cfg), meta) for path, meta in members]
     if len(members) > 1:
         members = fit_budget(members, cfg.budget_min, cfg.competition)
     if len(members) > 1 and cfg.judge_ensemble:
@@ -233,35 +233,63 @@ def withheld_split(members: list[tuple[Path, dict]], data_dir: Path) -> tuple[fl
     return (fraction, seed) if fraction > 0 else None
 
 
-def build_withheld_holdout(members: list[tuple[Path, dict]], cfg: PackageConfig):
-    """`make holdout` brought in by the package: where DATA has no labelled soundscapes but the
-    members' runs withheld recordings (`make train`'s default), mix those into soundscapes and
-    judge the ensemble on them. None where there is nothing withheld to build from."""
+def build_withheld_holdout(members: list[tuple[Path, dict]], cfg: PackageConfig, why: str):
+    """`make holdout` brought in by the package: where DATA has no labelled soundscapes, or only
+    ones a member trained on, but the members' runs withheld recordings (`make train`'s default),
+    mix those into soundscapes (replacing data/holdout/<name>) and judge on them. None where there
+    is nothing withheld to build from."""
     from data.holdout import HoldoutConfig, build_holdout
 
     split = withheld_split(members, cfg.data_dir) if cfg.data_dir is not None else None
     if split is None:
         return None
     fraction, seed = split
-    print(f"package: no labelled soundscapes for {Workspace.of(cfg.data_dir).name}: building them from the "
-          f"recordings the runs withheld (`make holdout`, fraction {fraction:g}, seed {seed})")
+    print(f"package: {why}: building them from the recordings the runs withheld "
+          f"(`make holdout`, fraction {fraction:g}, seed {seed})")
     build_holdout(cfg.data_dir, HoldoutConfig(seed=seed, fraction=fraction))
     return labelled_soundscapes(cfg, "an ensemble")
 
 
+def leak_reason(labelled, members: list[tuple[Path, dict]], cfg: PackageConfig) -> str | None:
+    """Why these soundscapes would flatter a member (it trained on recordings mixed into them), or None."""
+    from submission.score import leaks
+
+    ws = Workspace.of(cfg.data_dir)
+    found = leaks(labelled, [meta for _, meta in members], ws, missing_ok=True)
+    if not found:
+        return None
+    model, seen = found[0]
+    return (f"{model.get('model_name')} ({model.get('run')}) trained on {len(seen)} recording(s) of the labelled "
+            f"soundscapes of {ws.name}, which would favour it")
+
+
+def judging_set(members: list[tuple[Path, dict]], cfg: PackageConfig, what: str):
+    """(labelled soundscapes none of the members trained on, or None; why there are none)."""
+    try:
+        labelled = labelled_soundscapes(cfg, what)
+        why = leak_reason(labelled, members, cfg)
+        if why is None:
+            return labelled, None
+        heading = why
+    except PackageError as e:
+        why, heading = str(e), f"no labelled soundscapes for {cfg.data_dir and Workspace.of(cfg.data_dir).name}"
+    rebuilt = build_withheld_holdout(members, cfg, heading)
+    if rebuilt is None:
+        return None, why
+    leak = leak_reason(rebuilt, members, cfg)
+    return (rebuilt, None) if leak is None else (None, leak)
+
+
 def judged_prefix(members: list[tuple[Path, dict]], cfg: PackageConfig) -> list[tuple[Path, dict]]:
     """The best-first prefix that scores best on the labelled soundscapes (submission/ensemble.py),
-    built from the runs' withheld recordings where DATA has none; the best model alone where
-    there is nothing to judge by."""
+    built from the runs' withheld recordings where DATA has none, or only ones a member trained
+    on; the best model alone where there is nothing fair to judge by."""
     from submission.ensemble import MIN_ENSEMBLE_GAIN, judge
 
-    try:
-        labelled = labelled_soundscapes(cfg, "an ensemble")
-    except PackageError as e:
-        labelled = build_withheld_holdout(members, cfg)
-        if labelled is None:
-            print(f"package: shipping {members[0][1].get('model_name')} alone: {e}")
-            return members[:1]
+    labelled, why = judging_set(members, cfg, "an ensemble")
+    if labelled is None:
+        print(f"package: shipping {members[0][1].get('model_name')} alone: {why}")
+        return members[:1]
     verdict = judge([path for path, _ in members], cfg.combine, labelled.soundscapes, labelled.solution,
                     cfg.data_dir / "sample_submission.csv")
     names = [meta.get("model_name") for _, meta in members]
@@ -272,11 +300,14 @@ def judged_prefix(members: list[tuple[Path, dict]], cfg: PackageConfig) -> list[
     return members[: verdict.keep]
 
 
-def int8_or_float(path: Path, cfg: PackageConfig) -> Path:
+def int8_or_float(path: Path, meta: dict, cfg: PackageConfig) -> Path:
     """The int8 version of a model when it scores within 0.005 of it on the labelled soundscapes."""
     from submission.quantize import MAX_SCORE_DROP, try_int8
 
     labelled = labelled_soundscapes(cfg, "--int8")
+    why = leak_reason(labelled, [(path, meta)], cfg)
+    if why:  # both scores inflated alike: the drop still compares the two, so judge, but say so
+        print(f"package: note: {why}; the int8 check compares int8 with float on them all the same")
     ws = Workspace.of(cfg.data_dir)
     verdict = try_int8(path, ws.data_dir, labelled.soundscapes, labelled.solution, ws.export_dir)
     choice = "int8 shipped" if verdict.ship != path else f"kept float (drop > {MAX_SCORE_DROP})"

@@ -1,5 +1,6 @@
 """The notebook's output format, post-processing, and the export's refusal to ship a mismatch."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -189,37 +190,78 @@ def test_packaging_with_nothing_to_judge_an_ensemble_by_ships_the_best_model_alo
     assert "alone: an ensemble needs --data" in capsys.readouterr().out
 
 
-def test_packaging_builds_the_hold_out_from_what_the_runs_withheld_when_there_is_nothing_else_to_judge_by(
-        two_exports, chain, tmp_path, capsys):
+def runs_that_withheld(chain, two_exports, data: Path, fraction: float = 0.15, seed: int = 0):
+    """The chain's runs copied beside `data`, as if `make train` had withheld (fraction, seed)'s recordings."""
     import shutil
 
     from data.layout import read_metadata
     from data.paths import Workspace
     from data.split import holdout_recordings
+    from submission.package import read_onnx_metadata
+
+    ws = Workspace.of(data)
+    held = set(holdout_recordings(read_metadata(data), fraction, seed))
+    members = [(path, read_onnx_metadata(path)) for path in two_exports]
+    for _, meta in members:
+        run = ws.runs_dir / meta["run"]
+        shutil.copytree(chain.runs_dir / meta["run"], run)
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "holdout_fraction": fraction, "seed": seed}))
+        split = json.loads((run / "split.json").read_text())
+        split = {**split, "train": [r for r in split["train"] if r not in held],
+                 "val": [r for r in split["val"] if r not in held], "holdout": sorted(held)}
+        (run / "split.json").write_text(json.dumps(split))
+    return ws, members, sorted(held)
+
+
+def test_packaging_builds_the_hold_out_from_what_the_runs_withheld_when_there_is_nothing_else_to_judge_by(
+        two_exports, chain, tmp_path, capsys):
+    import shutil
+
     from submission.package import PackageConfig, package, read_onnx_metadata, withheld_split
 
     data = tmp_path / "unlabelled"
     shutil.copytree(chain.data_dir, data)  # no solution beside the copy: no labelled soundscapes
-    ws = Workspace.of(data)
-    members = [(path, read_onnx_metadata(path)) for path in two_exports]
-    assert withheld_split(members, data) is None  # the runs are not there yet
-    for _, meta in members:  # the chain's runs, as if trained with make train's default hold-out
-        shutil.copytree(chain.runs_dir / meta["run"], ws.runs_dir / meta["run"])
-        config_path = ws.runs_dir / meta["run"] / "config.json"
-        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "holdout_fraction": 0.15}))
+    assert withheld_split([(p, read_onnx_metadata(p)) for p in two_exports], data) is None  # no runs there yet
+    ws, members, held = runs_that_withheld(chain, two_exports, data)
     assert withheld_split(members, data) == (0.15, 0)
 
     package(PackageConfig(two_exports, tmp_path / "dist", data_dir=data, judge_ensemble=True, budget_min=1e6,
                           bundle_wheels=False))
     printed = capsys.readouterr().out
     assert "no labelled soundscapes for unlabelled: building them from the recordings the runs withheld" in printed
-    held = json.loads((ws.holdout_dir / "holdout.json").read_text())["recordings"]
-    assert held and sorted(held) == sorted(holdout_recordings(read_metadata(data), 0.15, 0))
+    mixed = json.loads((ws.holdout_dir / "holdout.json").read_text())["recordings"]
+    assert mixed and set(mixed) <= set(held)
     assert "local score of the best-first ensembles (mean): simple_cnn " in printed
 
     second = ws.runs_dir / members[1][1]["run"] / "config.json"
     second.write_text(json.dumps({**json.loads(second.read_text()), "seed": 1}))
     assert withheld_split(members, data) is None  # runs that withheld different recordings: nothing shared
+
+
+def test_an_ensemble_is_not_judged_on_soundscapes_a_member_trained_on_but_on_ones_built_from_what_it_withheld(
+        two_exports, chain, tmp_path, capsys):
+    import shutil
+
+    from data.holdout import HoldoutConfig, build_holdout
+    from submission.package import PackageConfig, package
+
+    data = tmp_path / "birds"
+    shutil.copytree(chain.data_dir, data)
+    ws, members, held = runs_that_withheld(chain, two_exports, data)
+    build_holdout(data, HoldoutConfig(seed=1, fraction=0.15), progress=False)  # another seed: the runs trained on it
+    trained_on = json.loads((ws.holdout_dir / "holdout.json").read_text())["recordings"]
+    assert set(trained_on) - set(held), "seed 1 should mix in recordings seed 0 trained on"
+
+    package(PackageConfig(two_exports, tmp_path / "dist", data_dir=data, judge_ensemble=True, budget_min=1e6,
+                          bundle_wheels=False))
+    printed = capsys.readouterr().out
+    assert (f"package: simple_cnn ({members[0][1]['run']}) trained on ") in printed
+    assert ("recording(s) of the labelled soundscapes of birds, which would favour it: building them from the "
+            "recordings the runs withheld (`make holdout`, fraction 0.15, seed 0)") in printed
+    mixed = json.loads((ws.holdout_dir / "holdout.json").read_text())["recordings"]
+    assert mixed and set(mixed) <= set(held)  # `make score` now scores on what no member saw
+    assert "local score of the best-first ensembles (mean): simple_cnn " in printed
 
 
 def test_scoring_refuses_an_ensemble_whose_any_member_trained_on_a_held_out_recording(tmp_path):
