@@ -9,7 +9,7 @@ from data.paths import Workspace
 
 
 @pytest.fixture(scope="module")
-def real_chain(request):
+def real_chain(tmp_path_factory):
     from tests.conftest import REALBIRDS
 
     if not (REALBIRDS / "train_metadata.csv").exists():
@@ -25,9 +25,10 @@ def real_chain(request):
     assert preprocess_main(["--data", data, "--no-progress"]) == 0
     assert train_main(["--data", data, "--models", "simple_cnn", "--epochs", "3", "--device", "cpu"]) == 0
     assert export_main(["--data", data]) == 0
-    assert package_main(["--data", data, "--no-wheels"]) == 0
+    dist = tmp_path_factory.mktemp("realbirds") / "dist"  # its own: the session's chain keeps the shared one
+    assert package_main(["--data", data, "--no-wheels", "--out", str(dist)]) == 0
     assert holdout_main(["--data", data, "--quiet"]) == 0
-    assert score_main(["--data", data]) == 0
+    assert score_main(["--data", data, "--dist", str(dist)]) == 0
     return Workspace.of(REALBIRDS)
 
 

@@ -84,7 +84,7 @@ def test_make_passes_a_competition_the_user_names_to_package_and_score_and_other
 
 
 def test_a_2025_dataset_trains_exports_packages_and_scores_through_the_chain(birdclef_2025, capsys):
-    from data.paths import Workspace, dist_dir
+    from data.paths import Workspace
     from export.__main__ import main as export_main
     from submission.package import main as package_main
     from submission.score import main as score_main
@@ -94,13 +94,14 @@ def test_a_2025_dataset_trains_exports_packages_and_scores_through_the_chain(bir
     assert train_main(["--data", data, "--models", "simple_cnn", "--epochs", "2", "--device", "cpu",
                        "--holdout-fraction", "0"]) == 0
     assert export_main(["--data", data]) == 0
-    assert package_main(["--data", data, "--no-wheels"]) == 0
-    assert score_main(["--data", data]) == 0
+    dist = birdclef_2025.parent / "dist"  # its own: the session's chain keeps the shared one
+    assert package_main(["--data", data, "--no-wheels", "--out", str(dist)]) == 0
+    assert score_main(["--data", data, "--dist", str(dist)]) == 0
     assert "secondary labels outside" not in capsys.readouterr().out  # "['']" is no label at all
 
-    kernel = json.loads((dist_dir() / "notebook" / "kernel-metadata.json").read_text())
+    kernel = json.loads((dist / "notebook" / "kernel-metadata.json").read_text())
     assert kernel["competition_sources"] == ["birdclef-2025"]  # named after the data folder, as `make data` names it
-    manifest = json.loads((dist_dir() / "dataset" / "birdkit.json").read_text())
+    manifest = json.loads((dist / "dataset" / "birdkit.json").read_text())
     assert manifest["runtime"]["deadline_s"] == 80 * 60  # 2025's Kaggle limit is 90 minutes, not 120
     ws = Workspace.of(birdclef_2025)
     assert (ws.score_dir / "input" / "birdclef-2025" / "sample_submission.csv").exists()
