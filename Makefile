@@ -42,6 +42,9 @@ FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if
 # where it is a BirdCLEF slug (data/birdclef-2025), else birdclef-2024 (submission/package.py decides).
 COMPETITION_ARG := $(if $(filter command environment,$(firstword $(origin COMPETITION))),--competition $(COMPETITION),)
 BENCH_ARGS  ?=
+# bench-preprocess times DATA's audio where the user named DATA or it is there; else its default
+# (../shared/realbirds when present, else a synthetic soundscape)
+BENCH_DATA := $(if $(or $(filter command environment,$(firstword $(origin DATA))),$(wildcard $(DATA)/train_audio)),--data $(DATA),)
 STAMP := $(VENV)/.installed-$(ORT)
 # Free disk needed to build the venv (torch's CUDA build is 5.6 GB; pip needs room to unpack); checked first
 VENV_NEEDS_BYTES ?= 8000000000
@@ -99,7 +102,7 @@ score: package  ## run the packaged notebook on labelled soundscapes, print Kagg
 	$(PY) -m submission.score --data $(DATA) $(COMPETITION_ARG) $(SCORE_ARGS)
 
 bench-preprocess: venv  ## decode + denoise + mel speed per core for each denoise mode
-	$(PY) -m bench.preprocess $(BENCH_ARGS)
+	$(PY) -m bench.preprocess $(BENCH_DATA) $(BENCH_ARGS)
 
 bench-infer: venv  ## the notebook's inference on synthetic soundscapes: time, memory, Kaggle projection
 	$(PY) -m bench.infer --data $(DATA) $(BENCH_ARGS)
@@ -119,5 +122,5 @@ demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
 test: venv  ## the test suite (installs .venv first)
 	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
 
-clean:  ## remove generated data, caches, runs and build outputs (keeps .venv and downloads)
-	rm -rf $(SAMPLE) data/sample_solution.csv data/cache data/holdout train/runs export/out submission/dist submission/score
+clean:  ## remove generated data, caches, runs and build outputs (keeps .venv, downloads and bench/out's results)
+	rm -rf $(SAMPLE) data/sample_solution.csv data/cache data/holdout data/gpu train/runs export/out submission/dist submission/score

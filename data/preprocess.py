@@ -270,8 +270,7 @@ def check_disk_space(cache_dir: Path, data_dir: Path, pending: list[str], cfg: "
         raise DiskSpaceError(
             f"not enough free disk space for the feature cache {cache_dir}: need {human_bytes(needed)} ({needed} bytes) "
             f"for {windows} windows of {len(pending)} recordings, have {human_bytes(available)} ({available} bytes).\n"
-            "  Free some space, cache fewer windows per recording (--max-windows N), "
-            "or set BIRDKIT_ROOT to a disk with more room."
+            "  Free some space, or set BIRDKIT_ROOT to a disk with more room (training reads the cache of every window)."
         )
 
 

@@ -408,8 +408,8 @@ def test_preprocessing_refuses_a_cache_that_would_not_fit_naming_bytes_needed_an
     message = (
         f"error: not enough free disk space for the feature cache {cache_dir}: need {needed / 1e6:.1f} MB "
         f"({needed} bytes) for {windows} windows of {n} recordings, have 1.0 KB (1000 bytes).\n"
-        "  Free some space, cache fewer windows per recording (--max-windows N), or set BIRDKIT_ROOT to a disk "
-        "with more room.\n"
+        "  Free some space, or set BIRDKIT_ROOT to a disk with more room (training reads the cache of every "
+        "window).\n"
     )
     fake_free_space(monkeypatch, 1000)
     assert preprocess_main(args) == 1
