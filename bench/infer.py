@@ -46,12 +46,12 @@ def write_soundscapes(folder: Path, n: int, seconds: float = MEASURED_SOUNDSCAPE
     from data.audio_io import write_ogg
 
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"soundscape_{i:06d}.ogg"
+    paths = [folder / f"soundscape_{i:06d}.ogg" for i in range(n)]
+    for stale in set(folder.glob("*.ogg")) - set(paths):  # the pipeline reads the whole folder: exactly n
+        stale.unlink()
+    for i, path in enumerate(paths):
         if not path.exists():
             write_ogg(path, synthetic_soundscape(seconds, seed=i), 32_000)
-        paths.append(path)
     return paths
 
 

@@ -112,6 +112,17 @@ def test_an_ensemble_the_package_ships_is_timed_in_its_own_row_marked_as_shippin
     assert [b.ships for b in with_package(exported, chain)] == [False]  # packaged for other data: nothing known
 
 
+def test_a_smaller_bench_after_a_larger_one_times_only_its_own_soundscapes(tmp_path):
+    from bench.infer import write_soundscapes
+
+    folder = tmp_path / "infer_soundscapes"
+    first = write_soundscapes(folder, 3, seconds=5.0)
+    mtime = first[0].stat().st_mtime_ns
+    again = write_soundscapes(folder, 2, seconds=5.0)
+    assert sorted(folder.glob("*.ogg")) == again == first[:2]  # the pipeline reads the whole folder
+    assert again[0].stat().st_mtime_ns == mtime  # kept, not rewritten
+
+
 def test_the_pipeline_levers_time_an_ensemble_in_each_way_the_notebook_can_use_the_cores(chain, tmp_path):
     from bench.infer import Benched, format_levers, pipeline_levers, write_soundscapes
     from data.paths import dist_dir
@@ -155,6 +166,8 @@ def test_bench_train_times_the_real_loop_across_epochs_against_the_ceiling(tiny_
     assert f"{row['ratio']:6.2f}" in text
     assert row["epoch_train_s"] > 0 and row["epoch_outside_s"] > 0  # validation at least, on the real split
     assert "epoch s: training" in text and f"{row['epoch_outside_s']:8.2f}" in text
+    assert "train_loss 0.0000" not in text  # the bookkeeping's epochs trained nothing: no epoch lines
+    assert not (output_root() / "bench" / "out" / "train_scratch").exists()  # its checkpoints are gone
 
 
 NO_AUDIO_PYTHON = '''"""python without the audio libraries, as on the lent GPU machines: their imports fail."""
