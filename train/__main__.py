@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     except (LayoutError, RuntimeError, ValueError) as e:  # refusals say what to do; no stack trace
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: last.pt holds the last finished epoch
+        print(f"\ninterrupted: continue from the last finished epoch with `make {'cv' if args.cv else 'train'} "
+              "RESUME=1` (python -m train ... --resume), with the same settings", file=sys.stderr)
+        return 130
     finally:
         dist.finish(d)
 
