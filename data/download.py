@@ -253,7 +253,8 @@ def manual_download_hint(competition: str, out: Path) -> str:
     return (
         f"  Or download the zip by hand from {COMPETITION_URL.format(competition=competition)}/data "
         '("Download All"),\n'
-        f"  then run: python -m data.download --zip path/to/{competition}.zip --out {out}"
+        f'  then run: make data DATA={out} DATA_ARGS="--zip path/to/{competition}.zip"\n'
+        f"  (or .venv/bin/python -m data.download --zip path/to/{competition}.zip --out {out})"
     )
 
 

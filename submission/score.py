@@ -264,11 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"score: ensemble variants on the members' raw outputs (packaged: {r['combine']} of all; choose with "
               "PACKAGE_ARGS=\"--ensemble N --combine mean|min\"): "
               + ", ".join(f"{k} {v:.4f}" for k, v in r["ensemble_variants"].items()))
-    print(f"score: {r['seconds_per_soundscape']:.2f} s per soundscape (decode {r['decode_s_per_soundscape']:.2f}, "
-          f"features {r['features_s_per_soundscape']:.2f}, model {r['model_s_per_soundscape']:.2f}); "
-          f"notebook wall time {r['notebook_wall_s']:.1f} s")
+    # The stages run side by side in several processes: their seconds add up across them, not to the pace.
+    print(f"score: {r['seconds_per_soundscape']:.2f} s per soundscape (wall clock; work summed over the notebook's "
+          f"processes: decode {r['decode_s_per_soundscape']:.2f}, features {r['features_s_per_soundscape']:.2f}, "
+          f"model {r['model_s_per_soundscape']:.2f}); notebook wall time {r['notebook_wall_s']:.1f} s")
     if r["failures"]:
         print(f"score: {len(r['failures'])} file problem(s) logged by the notebook: {r['failures'][:3]}")
+    print(f"score: details in {Workspace.of(args.data).score_dir / 'score.json'}, the notebook's files in "
+          f"{Workspace.of(args.data).score_dir / 'working'}")
     return 0
 
 

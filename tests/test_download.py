@@ -159,7 +159,8 @@ MISSING_CREDENTIALS = (
 def manual_hint(out: Path) -> str:
     return (
         f'  Or download the zip by hand from https://www.kaggle.com/competitions/{COMPETITION}/data ("Download All"),\n'
-        f"  then run: python -m data.download --zip path/to/{COMPETITION}.zip --out {out}\n"
+        f'  then run: make data DATA={out} DATA_ARGS="--zip path/to/{COMPETITION}.zip"\n'
+        f"  (or .venv/bin/python -m data.download --zip path/to/{COMPETITION}.zip --out {out})\n"
     )
 
 
