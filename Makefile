@@ -35,12 +35,18 @@ HOLDOUT_ARGS     ?=
 UPLOAD_ARGS      ?=
 PYTEST_ARGS      ?=
 
-# A stage that needs DATA brings it in: the sample is generated, the competition downloaded.
-NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv $(DATA)/train.csv),,$(if $(filter $(abspath $(SAMPLE)),$(abspath $(DATA))),sample,data))
+# A stage that needs DATA brings it in: the sample is generated, the competition downloaded
+# (into its own folder, data/$(COMPETITION), or where the user named COMPETITION). Any other
+# missing folder is most likely a typo: the stage itself then says so instead of downloading.
+COMPETITION_NAMED := $(filter command environment,$(firstword $(origin COMPETITION)))
+DOWNLOADS_HERE := $(or $(COMPETITION_NAMED),$(filter $(abspath data/$(COMPETITION)),$(abspath $(DATA))))
+NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv $(DATA)/train.csv),,$(if $(filter $(abspath $(SAMPLE)),$(abspath $(DATA))),sample,$(if $(DOWNLOADS_HERE),data,)))
+# What `make train` trains, and what export and package train with when nothing is trained yet
+TRAIN_FLAGS = --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) $(TRAIN_ARGS)
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
 # The competition the notebook attaches: COMPETITION where the user set it, else DATA's folder name
 # where it is a BirdCLEF slug (data/birdclef-2025), else birdclef-2024 (submission/package.py decides).
-COMPETITION_ARG := $(if $(filter command environment,$(firstword $(origin COMPETITION))),--competition $(COMPETITION),)
+COMPETITION_ARG := $(if $(COMPETITION_NAMED),--competition $(COMPETITION),)
 BENCH_ARGS  ?=
 # bench-preprocess times DATA's audio where the user named DATA or it is there; else its default
 # (../shared/realbirds when present, else a synthetic soundscape)
@@ -76,8 +82,7 @@ preprocess: venv $(NEEDS_DATA)  ## audio -> cached 5-s mel windows for DATA (res
 	$(PY) -m data.preprocess --data $(DATA) $(FEATURE_FLAGS) $(PREPROCESS_ARGS)
 
 train: venv $(NEEDS_DATA)  ## train MODELS on DATA (preprocesses first when the cache is missing or stale)
-	$(TRAIN_CMD) --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) \
-	    $(if $(filter 1 yes true,$(RESUME)),--resume,) $(TRAIN_ARGS)
+	$(TRAIN_CMD) --data $(DATA) $(TRAIN_FLAGS) $(if $(filter 1 yes true,$(RESUME)),--resume,)
 
 cv: venv $(NEEDS_DATA)  ## FOLDS-fold cross-validation of MODELS grouped by recording (the folds of `make floor`)
 	$(TRAIN_CMD) --data $(DATA) --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) --cv $(FOLDS) \
@@ -87,10 +92,10 @@ report: venv  ## compare every run on DATA
 	$(PY) -m train.report --data $(DATA)
 
 export: venv  ## best run by val ROC-AUC -> ONNX, checked against torch
-	$(PY) -m export --data $(DATA) $(EXPORT_ARGS)
+	$(PY) -m export --data $(DATA) --train-args '$(TRAIN_FLAGS)' $(EXPORT_ARGS)
 
 package: venv  ## Kaggle notebook + dataset folder in submission/dist/
-	$(PY) -m submission.package --data $(DATA) $(COMPETITION_ARG) $(PACKAGE_ARGS)
+	$(PY) -m submission.package --data $(DATA) --train-args '$(TRAIN_FLAGS)' $(COMPETITION_ARG) $(PACKAGE_ARGS)
 
 upload: venv  ## create or version the Kaggle dataset, wait until it is ready, push the notebook
 	$(PY) -m submission.upload $(UPLOAD_ARGS)

@@ -1,16 +1,27 @@
 """`make export`: the best run on DATA (by recorded val ROC-AUC) -> ONNX, checked against torch.
 
-With no finished run for DATA yet, it trains first (the default models and schedule)."""
+With no finished run for DATA yet, it trains first: `python -m train --data DATA` with
+--train-args (make passes MODELS, SEED, DENOISE and TRAIN_ARGS), and stops where training fails."""
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
 from data.paths import Workspace
 from export.to_onnx import ExportError, export_best, export_run, remove_candidates
 from train.report import finished_runs
+
+
+def train_first(data: str, train_args: str) -> int:
+    """`python -m train` on data with the user's flags; its exit status."""
+    from train.__main__ import main as train_main
+
+    flags = ["--data", str(data), *shlex.split(train_args)]
+    print(f"export: no finished run for {Workspace.of(data).name} yet, training first: python -m train {shlex.join(flags)}")
+    return train_main(flags)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--activation", choices=["sigmoid", "softmax"],
                    help="ship this output activation instead of the run's own (its recorded val metrics "
                         "stay the run's); measure the change with `make score`")
+    p.add_argument("--train-args", default="",
+                   help="flags of `python -m train` for when there is no finished run to export yet "
+                        "(make passes MODELS, SEED, DENOISE and TRAIN_ARGS)")
     args = p.parse_args(argv)
     ws = Workspace.of(args.data)
-    if args.run is None and not finished_runs(ws.runs_dir):
-        print(f"export: no finished run for {ws.name} yet, training first")
-        from train.__main__ import main as train_main
-
-        train_main(["--data", str(args.data)])
+    if args.run is None and not finished_runs(ws.runs_dir) and train_first(args.data, args.train_args) != 0:
+        print("error: training failed (above), so there is nothing to export: fix that, then rerun", file=sys.stderr)
+        return 1
     try:
         if args.run:
             remove_candidates(ws.export_dir)  # this run alone is the export now

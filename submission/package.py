@@ -437,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wheel-cache", type=Path,
                    help="where downloaded wheels are kept between runs (default: $BIRDKIT_WHEEL_CACHE or "
                         "submission/wheels-cache)")
+    p.add_argument("--train-args", default="",
+                   help="flags of `python -m train` for when nothing is exported or trained yet (make passes "
+                        "MODELS, SEED, DENOISE and TRAIN_ARGS)")
     args = p.parse_args(argv)
     judged = args.ensemble == "auto"
     n_models = AUTO_ENSEMBLE if judged else args.ensemble
@@ -445,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"package: no exported model for {ws.name} yet, exporting first")
         from export.__main__ import main as export_main
 
-        if export_main(["--data", str(args.data), "--top", str(n_models)]) != 0:
+        if export_main(["--data", str(args.data), "--top", str(n_models), "--train-args", args.train_args]) != 0:
             return 1
     exported = [ws.export_dir / "model.onnx", *sorted(ws.export_dir.glob("model-*.onnx"),
                                                       key=lambda p: int(p.stem.split("-")[1]))]

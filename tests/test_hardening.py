@@ -557,3 +557,23 @@ def test_building_the_venv_on_a_disk_too_small_is_refused_before_creating_it(tmp
     assert f"error: not enough free disk space to build {venv}: need about 1000000.0 GB" in result.stderr
     assert "make VENV=/big/disk/birdkit-venv" in result.stderr
     assert not venv.exists()
+
+
+def test_export_with_nothing_trained_trains_what_it_is_told_and_stops_where_training_fails(tiny_dataset, tmp_path,
+                                                                                            monkeypatch, capsys):
+    import shlex
+
+    from data.paths import Workspace
+    from export.__main__ import main as export_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    ws = Workspace.of(tiny_dataset)
+    assert export_main(["--data", str(tiny_dataset), "--train-args", "--models simple_cnn --cv 1"]) == 1
+    assert capsys.readouterr().err.endswith(
+        "error: --cv needs at least 2 folds, got 1\n"
+        "error: training failed (above), so there is nothing to export: fix that, then rerun\n")
+    assert not ws.export_dir.exists()
+
+    assert export_main(["--data", str(tiny_dataset), "--train-args", shlex.join(TRAIN_ARGS)]) == 0
+    assert [run.name.split("-")[0] for run in ws.runs_dir.iterdir()] == ["simple_cnn"]  # what it was told, only
+    assert (ws.export_dir / "model.onnx").exists()

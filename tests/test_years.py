@@ -75,6 +75,24 @@ def test_make_brings_in_nothing_for_a_2025_folder_that_is_already_there(birdclef
     assert "-m train --data" in dry and "data.download" not in dry and "data.synth" not in dry
 
 
+def test_make_downloads_only_into_the_competitions_folder_or_where_the_user_names_the_competition(tmp_path):
+    typo = tmp_path / "birdclf-2024"  # not there: a typo the training stage reports, not a download target
+    assert "data.download" not in make_dry_run("train", f"DATA={typo}")
+    assert "data.download --competition birdclef-2024 --out data/birdclef-2024" in make_dry_run(
+        "train", "DATA=data/birdclef-2024")
+    assert f"data.download --competition birdclef-2025 --out {typo}" in make_dry_run(
+        "train", f"DATA={typo}", "COMPETITION=birdclef-2025")
+
+
+def test_make_export_and_package_train_what_make_train_would_when_nothing_is_trained_yet():
+    settings = ["MODELS=simple_cnn", "SEED=3", "DENOISE=spectral", "TRAIN_ARGS=--epochs 7"]
+    trains = "--models simple_cnn --seed 3 --denoise spectral --epochs 7"
+    assert f"-m train --data elsewhere {trains}" in make_dry_run("train", "DATA=elsewhere", *settings)
+    for target, module in (("export", "-m export"), ("package", "-m submission.package")):
+        line = [line for line in make_dry_run(target, "DATA=elsewhere", *settings).splitlines() if module in line][0]
+        assert f"--train-args '{trains}'" in line
+
+
 def test_make_passes_a_competition_the_user_names_to_package_and_score_and_otherwise_none():
     named = make_dry_run("package", "score", "COMPETITION=birdclef-2025", "DATA=elsewhere").splitlines()
     unnamed = make_dry_run("package", "score", "DATA=elsewhere").splitlines()
