@@ -135,7 +135,7 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
         km = KernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str((score_dir / "kernel").resolve()))
         client = NotebookClient(nb, km=km, timeout=timeout_s, kernel_name=KERNEL_NAME,
                                 resources={"metadata": {"path": str(working.resolve())}})
-        client.execute()
+        client.execute(cleanup_kc=True)  # shut the kernel down here: left alone it outlives the command
     finally:
         for k, v in saved.items():
             if v is None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -144,6 +145,8 @@ def test_score_reports_each_ensemble_member_alone_and_combined_from_one_notebook
     assert variants["mean of 1-2"] == pytest.approx(results["pair"]["score"], abs=1e-4)  # what was packaged: the mean
     assert variants[f"1. {names[0]} alone"] == pytest.approx(results["best"]["score"], abs=1e-4)
     assert results["best"]["ensemble_variants"] == {}
+    kernels = [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    assert kernels == []  # each notebook's kernel was shut down with its run, not left to notice its parent gone
 
 
 def test_the_local_score_of_each_best_first_ensemble_is_kaggles_metric_of_its_combined_output():
