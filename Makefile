@@ -36,13 +36,19 @@ UPLOAD_ARGS      ?=
 PYTEST_ARGS      ?=
 
 # A stage that needs DATA brings it in: the sample is generated, the competition downloaded
-# (into its own folder, data/$(COMPETITION), or where the user named COMPETITION). Any other
+# (into a folder named after it, e.g. data/birdclef-2024, or where the user named COMPETITION). Any other
 # missing folder is most likely a typo: the stage itself then says so instead of downloading.
 COMPETITION_NAMED := $(filter command environment,$(firstword $(origin COMPETITION)))
-DOWNLOADS_HERE := $(or $(COMPETITION_NAMED),$(filter $(abspath data/$(COMPETITION)),$(abspath $(DATA))))
+# `make data` downloads COMPETITION where the user named it, else DATA's folder name where it is a
+# BirdCLEF slug (data/birdclef-2025), else birdclef-2024
+DATA_SLUG := $(filter birdclef-%,$(notdir $(abspath $(DATA))))
+DOWNLOAD_COMPETITION := $(if $(COMPETITION_NAMED),$(COMPETITION),$(or $(DATA_SLUG),$(COMPETITION)))
+DOWNLOADS_HERE := $(or $(COMPETITION_NAMED),$(DATA_SLUG),$(filter $(abspath data/$(COMPETITION)),$(abspath $(DATA))))
 NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv $(DATA)/train.csv),,$(if $(filter $(abspath $(SAMPLE)),$(abspath $(DATA))),sample,$(if $(DOWNLOADS_HERE),data,)))
 # What `make train` trains, and what export and package train with when nothing is trained yet
+# (passed to them as one shell word: TRAIN_ARGS's own single quotes escaped)
 TRAIN_FLAGS = --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) $(TRAIN_ARGS)
+TRAIN_FLAGS_WORD = '$(subst ','\'',$(TRAIN_FLAGS))'
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
 # The competition the notebook attaches: COMPETITION where the user set it, else DATA's folder name
 # where it is a BirdCLEF slug (data/birdclef-2025), else birdclef-2024 (submission/package.py decides).
@@ -73,7 +79,7 @@ $(STAMP): requirements.txt
 	@touch $@
 
 data: venv  ## download COMPETITION from Kaggle into DATA and check its layout
-	$(PY) -m data.download --competition $(COMPETITION) --out $(DATA) $(DATA_ARGS)
+	$(PY) -m data.download --competition $(DOWNLOAD_COMPETITION) --out $(DATA) $(DATA_ARGS)
 
 sample: venv  ## generate the embedded synthetic sample dataset into data/sample
 	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)
@@ -91,11 +97,11 @@ cv: venv $(NEEDS_DATA)  ## FOLDS-fold cross-validation of MODELS grouped by reco
 report: venv  ## compare every run on DATA
 	$(PY) -m train.report --data $(DATA)
 
-export: venv  ## best run by val ROC-AUC -> ONNX, checked against torch
-	$(PY) -m export --data $(DATA) --train-args '$(TRAIN_FLAGS)' $(EXPORT_ARGS)
+export: venv $(NEEDS_DATA)  ## best run by val ROC-AUC -> ONNX, checked against torch
+	$(PY) -m export --data $(DATA) --train-args=$(TRAIN_FLAGS_WORD) $(EXPORT_ARGS)
 
-package: venv  ## Kaggle notebook + dataset folder in submission/dist/
-	$(PY) -m submission.package --data $(DATA) --train-args '$(TRAIN_FLAGS)' $(COMPETITION_ARG) $(PACKAGE_ARGS)
+package: venv $(NEEDS_DATA)  ## Kaggle notebook + dataset folder in submission/dist/
+	$(PY) -m submission.package --data $(DATA) --train-args=$(TRAIN_FLAGS_WORD) $(COMPETITION_ARG) $(PACKAGE_ARGS)
 
 upload: venv  ## create or version the Kaggle dataset, wait until it is ready, push the notebook
 	$(PY) -m submission.upload $(UPLOAD_ARGS)

@@ -462,7 +462,8 @@ def _manifest(data_dir: Path, cfg: HoldoutConfig, held: list[str], unscored: lis
         "recordings": used,  # mixed into the soundscapes: submission.score checks none was trained on
         "held_out": held,  # data.split.holdout_recordings(meta, fraction, seed)
         "classes_without_holdout": unscored,  # rare classes: all their recordings train, none is scored
-        "seed": cfg.seed, "fraction": cfg.fraction, "snr_db": list(cfg.snr_db), "duration_s": cfg.duration_s,
+        "seed": cfg.seed, "fraction": cfg.fraction, "n_soundscapes": cfg.n_soundscapes, "snr_db": list(cfg.snr_db),
+        "duration_s": cfg.duration_s,
         "max_clip_s": cfg.max_clip_s, "fill": cfg.fill, "data_dir": str(data_dir),
         "detector": asdict(DetectorConfig()),
         "backgrounds": {stem: bg for stem, (bg, _) in sorted(scapes.items())},

@@ -37,13 +37,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="ship this output activation instead of the run's own (its recorded val metrics "
                         "stay the run's); measure the change with `make score`")
     p.add_argument("--train-args", default="",
-                   help="flags of `python -m train` for when there is no finished run to export yet "
-                        "(make passes MODELS, SEED, DENOISE and TRAIN_ARGS)")
+                   help="flags of `python -m train` for when there is no finished run to export yet, as one "
+                        "string: --train-args='--models simple_cnn --epochs 30' (make passes MODELS, SEED, DENOISE "
+                        "and TRAIN_ARGS)")
     args = p.parse_args(argv)
     ws = Workspace.of(args.data)
-    if args.run is None and not finished_runs(ws.runs_dir) and train_first(args.data, args.train_args) != 0:
-        print("error: training failed (above), so there is nothing to export: fix that, then rerun", file=sys.stderr)
-        return 1
+    if args.run is None and not finished_runs(ws.runs_dir):
+        rc = train_first(args.data, args.train_args)
+        if rc == 130:  # Ctrl-C: training said how to continue
+            return rc
+        if rc != 0:
+            print("error: training failed (above), so there is nothing to export: fix that, then rerun", file=sys.stderr)
+            return 1
     try:
         if args.run:
             remove_candidates(ws.export_dir)  # this run alone is the export now

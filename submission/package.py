@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nbformat
@@ -246,8 +246,21 @@ def build_withheld_holdout(members: list[tuple[Path, dict]], cfg: PackageConfig,
     fraction, seed = split
     print(f"package: {why}: building them from the recordings the runs withheld "
           f"(`make holdout`, fraction {fraction:g}, seed {seed})")
-    build_holdout(cfg.data_dir, HoldoutConfig(seed=seed, fraction=fraction))
+    build_holdout(cfg.data_dir, holdout_settings(cfg.data_dir, HoldoutConfig(seed=seed, fraction=fraction)))
     return labelled_soundscapes(cfg, "an ensemble")
+
+
+def holdout_settings(data_dir: Path, cfg) -> "HoldoutConfig":
+    """cfg with the other settings of the hold-out it replaces (HOLDOUT_ARGS: soundscapes,
+    duration, SNR...), so a rebuild changes only which recordings it mixes."""
+    path = Workspace.of(data_dir).holdout_dir / "holdout.json"
+    if not path.exists():
+        return cfg
+    old = json.loads(path.read_text())
+    kept = {k: old[k] for k in ("n_soundscapes", "duration_s", "max_clip_s", "fill") if k in old}
+    if "snr_db" in old:
+        kept["snr_db"] = tuple(old["snr_db"])
+    return replace(cfg, **kept)
 
 
 def leak_reason(labelled, members: list[tuple[Path, dict]], cfg: PackageConfig) -> str | None:
@@ -304,9 +317,9 @@ def int8_or_float(path: Path, meta: dict, cfg: PackageConfig) -> Path:
     """The int8 version of a model when it scores within 0.005 of it on the labelled soundscapes."""
     from submission.quantize import MAX_SCORE_DROP, try_int8
 
-    labelled = labelled_soundscapes(cfg, "--int8")
-    why = leak_reason(labelled, [(path, meta)], cfg)
-    if why:  # both scores inflated alike: the drop still compares the two, so judge, but say so
+    labelled, why = judging_set([(path, meta)], cfg, "--int8")  # rebuilt from what the run withheld where need be
+    if labelled is None:  # both scores inflated alike: the drop still compares the two, so judge, but say so
+        labelled = labelled_soundscapes(cfg, "--int8")
         print(f"package: note: {why}; the int8 check compares int8 with float on them all the same")
     ws = Workspace.of(cfg.data_dir)
     verdict = try_int8(path, ws.data_dir, labelled.soundscapes, labelled.solution, ws.export_dir)
@@ -438,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="where downloaded wheels are kept between runs (default: $BIRDKIT_WHEEL_CACHE or "
                         "submission/wheels-cache)")
     p.add_argument("--train-args", default="",
-                   help="flags of `python -m train` for when nothing is exported or trained yet (make passes "
-                        "MODELS, SEED, DENOISE and TRAIN_ARGS)")
+                   help="flags of `python -m train` for when nothing is exported or trained yet, as one string: "
+                        "--train-args='--models simple_cnn' (make passes MODELS, SEED, DENOISE and TRAIN_ARGS)")
     args = p.parse_args(argv)
     judged = args.ensemble == "auto"
     n_models = AUTO_ENSEMBLE if judged else args.ensemble
@@ -448,8 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"package: no exported model for {ws.name} yet, exporting first")
         from export.__main__ import main as export_main
 
-        if export_main(["--data", str(args.data), "--top", str(n_models), "--train-args", args.train_args]) != 0:
-            return 1
+        rc = export_main(["--data", str(args.data), "--top", str(n_models), f"--train-args={args.train_args}"])
+        if rc != 0:
+            return rc
     exported = [ws.export_dir / "model.onnx", *sorted(ws.export_dir.glob("model-*.onnx"),
                                                       key=lambda p: int(p.stem.split("-")[1]))]
     columns = submission_columns(ws.data_dir) if (ws.data_dir / "sample_submission.csv").exists() else None

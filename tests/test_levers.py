@@ -240,6 +240,28 @@ def test_a_folds_curves_are_titled_with_its_fold_and_seed_and_a_single_runs_with
     assert run_title(TrainConfig(model="resnet18", data_dir="/x/realbirds")) == "resnet18 on realbirds"
 
 
+def test_ctrl_c_names_the_models_left_to_train_so_a_finished_one_is_not_trained_again(tiny_dataset, tmp_path,
+                                                                                      monkeypatch, capsys):
+    import train.loop as loop
+    from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    real_run_epoch = loop.run_epoch
+
+    def ctrl_c_in_resnet18(cfg, state, data, device, epoch, run_dir, d=loop.dist.Dist()):
+        if cfg.model == "resnet18":
+            raise KeyboardInterrupt
+        real_run_epoch(cfg, state, data, device, epoch, run_dir, d)
+
+    monkeypatch.setattr(loop, "run_epoch", ctrl_c_in_resnet18)
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "resnet18", "efficientnet_b0", "--epochs", "1",
+                 "--windows-per-recording", "1", "--no-pretrained", "--holdout-fraction", "0", "--device", "cpu"]) == 130
+    assert capsys.readouterr().err.endswith(
+        'interrupted: `make train RESUME=1 MODELS="resnet18 efficientnet_b0"` (python -m train ... --models resnet18 '
+        "efficientnet_b0 --resume) with the same settings continues resnet18 from its last finished epoch (from the "
+        "start if none finished) and trains the rest\n")
+
+
 def test_a_killed_cross_validation_reuses_its_finished_folds_and_continues_the_killed_one(
         tiny_dataset, tmp_path, monkeypatch, capsys):
     import train.loop as loop
@@ -259,8 +281,8 @@ def test_a_killed_cross_validation_reuses_its_finished_folds_and_continues_the_k
     monkeypatch.setattr(loop, "run_epoch", killed_in_fold1_epoch2)
     assert main(args) == 130  # Ctrl-C: no traceback, the way on
     assert capsys.readouterr().err.endswith(
-        "interrupted: continue from the last finished epoch with `make cv RESUME=1` (python -m train ... --resume), "
-        "with the same settings\n")
+        "interrupted: `make cv RESUME=1` (python -m train ... --resume) with the same settings reuses the finished "
+        "folds and continues the killed one from its last finished epoch\n")
     monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
     cv_dir = Workspace.of(tiny_dataset).runs_dir / "cv"
     fold0, fold1 = sorted(cv_dir.glob("simple_cnn-*"))

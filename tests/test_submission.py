@@ -252,7 +252,7 @@ def test_an_ensemble_is_not_judged_on_soundscapes_a_member_trained_on_but_on_one
     data = tmp_path / "birds"
     shutil.copytree(chain.data_dir, data)
     ws, members, held = runs_that_withheld(chain, two_exports, data)
-    build_holdout(data, HoldoutConfig(seed=1, fraction=0.15), progress=False)  # another seed: the runs trained on it
+    build_holdout(data, HoldoutConfig(seed=1, fraction=0.15, n_soundscapes=2), progress=False)  # the runs trained on it
     trained_on = json.loads((ws.holdout_dir / "holdout.json").read_text())["recordings"]
     assert set(trained_on) - set(held), "seed 1 should mix in recordings seed 0 trained on"
 
@@ -262,8 +262,9 @@ def test_an_ensemble_is_not_judged_on_soundscapes_a_member_trained_on_but_on_one
     assert (f"package: simple_cnn ({members[0][1]['run']}) trained on ") in printed
     assert ("recording(s) of the labelled soundscapes of birds, which would favour it: building them from the "
             "recordings the runs withheld (`make holdout`, fraction 0.15, seed 0)") in printed
-    mixed = json.loads((ws.holdout_dir / "holdout.json").read_text())["recordings"]
-    assert mixed and set(mixed) <= set(held)  # `make score` now scores on what no member saw
+    rebuilt = json.loads((ws.holdout_dir / "holdout.json").read_text())
+    assert rebuilt["recordings"] and set(rebuilt["recordings"]) <= set(held)  # `make score` scores on what none saw
+    assert rebuilt["n_soundscapes"] == 2 and len(rebuilt["backgrounds"]) == 2  # the replaced one's HOLDOUT_ARGS kept
     assert "local score of the best-first ensembles (mean): simple_cnn " in printed
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,8 +68,9 @@ def test_2025s_train_csv_is_read_with_its_numbered_class_and_no_empty_secondary_
 
 
 def make_dry_run(*args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPETITION", "DATA")}  # the user's shell: not here
     return subprocess.run(["make", "-n", *args, "VENV=.venv"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout
+                          check=True, env=env).stdout
 
 
 def test_make_brings_in_nothing_for_a_2025_folder_that_is_already_there(birdclef_2025):
@@ -75,11 +78,11 @@ def test_make_brings_in_nothing_for_a_2025_folder_that_is_already_there(birdclef
     assert "-m train --data" in dry and "data.download" not in dry and "data.synth" not in dry
 
 
-def test_make_downloads_only_into_the_competitions_folder_or_where_the_user_names_the_competition(tmp_path):
+def test_make_downloads_only_into_a_folder_named_after_a_competition_or_where_the_user_names_it(tmp_path):
     typo = tmp_path / "birdclf-2024"  # not there: a typo the training stage reports, not a download target
     assert "data.download" not in make_dry_run("train", f"DATA={typo}")
-    assert "data.download --competition birdclef-2024 --out data/birdclef-2024" in make_dry_run(
-        "train", "DATA=data/birdclef-2024")
+    assert "data.download --competition birdclef-2099 --out data/birdclef-2099" in make_dry_run(
+        "train", "DATA=data/birdclef-2099")  # the folder names the competition, as `make data` names folders
     assert f"data.download --competition birdclef-2025 --out {typo}" in make_dry_run(
         "train", f"DATA={typo}", "COMPETITION=birdclef-2025")
 
@@ -90,7 +93,11 @@ def test_make_export_and_package_train_what_make_train_would_when_nothing_is_tra
     assert f"-m train --data elsewhere {trains}" in make_dry_run("train", "DATA=elsewhere", *settings)
     for target, module in (("export", "-m export"), ("package", "-m submission.package")):
         line = [line for line in make_dry_run(target, "DATA=elsewhere", *settings).splitlines() if module in line][0]
-        assert f"--train-args '{trains}'" in line
+        assert f"--train-args='{trains}'" in line
+    line = [line for line in make_dry_run("export", "DATA=elsewhere", "TRAIN_ARGS=--note 'a b'").splitlines()
+            if "-m export" in line][0]
+    train_args = next(w.split("=", 1)[1] for w in shlex.split(line) if w.startswith("--train-args="))  # the shell's word
+    assert shlex.split(train_args)[-2:] == ["--note", "a b"]  # TRAIN_ARGS's own quotes survive the trip
 
 
 def test_make_passes_a_competition_the_user_names_to_package_and_score_and_otherwise_none():

@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LayoutError, RuntimeError, ValueError) as e:  # refusals say what to do; no stack trace
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: last.pt holds the last finished epoch
-        print(f"\ninterrupted: continue from the last finished epoch with `make {'cv' if args.cv else 'train'} "
-              "RESUME=1` (python -m train ... --resume), with the same settings", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: last.pt holds the last finished epoch
+        if d.main:  # one message, not one per process
+            print(f"\ninterrupted{': ' + str(e) if isinstance(e, Interrupted) else ''}", file=sys.stderr)
         return 130
     finally:
         dist.finish(d)
@@ -148,25 +148,44 @@ def cache_for(args: argparse.Namespace, cfg: TrainConfig, d: dist.Dist) -> Path:
     return ensure_cache(pre)  # current by now: only checks and returns its folder
 
 
+class Interrupted(Exception):
+    """Ctrl-C, with the command that continues."""
+
+
 def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
     if args.cv:
-        return cross_validate(args, d)
+        try:
+            return cross_validate(args, d)
+        except KeyboardInterrupt:
+            raise Interrupted("`make cv RESUME=1` (python -m train ... --resume) with the same settings reuses the "
+                              "finished folds and continues the killed one from its last finished epoch") from None
     features = FeatureConfig(denoise=args.denoise)
     ws = Workspace.of(Path(args.data))
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))  # one run folder for every process
     summaries = []
-    for model in args.models:
-        cfg = model_config(args, model, features)
-        run_dir = ws.runs_dir / f"{model}-{stamp}"
-        resume = args.resume and unfinished_run(ws.runs_dir, model)
-        if resume:
-            run_dir, cfg = resume, TrainConfig.load(resume / "config.json")
-            print(f"train: resuming {run_dir.name} with its own config.json (command-line settings ignored)")
-        summaries.append({**fit(cfg, cache_for(args, cfg, d), run_dir, resume=bool(resume), d=d),
-                          "dir": str(run_dir)})
+    for k, model in enumerate(args.models):
+        try:
+            summaries.append(train_one(args, d, ws, model, features, stamp))
+        except KeyboardInterrupt:
+            rest = " ".join(args.models[k:])  # a finished model would train again from scratch: not it
+            raise Interrupted(f'`make train RESUME=1 MODELS="{rest}"` (python -m train ... --models {rest} --resume) '
+                              f"with the same settings continues {model} from its last finished epoch (from the "
+                              "start if none finished)" + (" and trains the rest" if args.models[k + 1:] else "")) from None
     print("\nThis session's runs:")
     print(format_table(summaries))
     return 0
+
+
+def train_one(args: argparse.Namespace, d: dist.Dist, ws: Workspace, model: str, features: FeatureConfig,
+              stamp: str) -> dict:
+    """One model's run (or the continuation of its killed one, with --resume); its summary."""
+    cfg = model_config(args, model, features)
+    run_dir = ws.runs_dir / f"{model}-{stamp}"
+    resume = args.resume and unfinished_run(ws.runs_dir, model)
+    if resume:
+        run_dir, cfg = resume, TrainConfig.load(resume / "config.json")
+        print(f"train: resuming {run_dir.name} with its own config.json (command-line settings ignored)")
+    return {**fit(cfg, cache_for(args, cfg, d), run_dir, resume=bool(resume), d=d), "dir": str(run_dir)}
 
 
 def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
