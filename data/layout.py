@@ -40,8 +40,10 @@ def require_layout(data_dir: Path) -> None:
     """Fail fast, saying what is missing and how to get it."""
     if not data_dir.is_dir():
         raise LayoutError(
-            f"DATA={data_dir} does not exist. Run `make data` to download the competition, "
-            "`make sample` for the embedded sample, or point DATA= at a folder in the Kaggle layout."
+            f"DATA={data_dir} does not exist: check the path, or download a competition into it with "
+            f"`make data DATA={data_dir} COMPETITION=<slug>` (a folder named after the competition, e.g. "
+            "data/birdclef-2024, needs no COMPETITION), run `make sample` for the embedded sample, or point DATA= "
+            "at a folder in the Kaggle layout."
         )
     missing = missing_entries(data_dir)
     if missing:

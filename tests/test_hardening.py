@@ -577,3 +577,15 @@ def test_export_with_nothing_trained_trains_what_it_is_told_and_stops_where_trai
     assert export_main(["--data", str(tiny_dataset), "--train-args", shlex.join(TRAIN_ARGS)]) == 0
     assert [run.name.split("-")[0] for run in ws.runs_dir.iterdir()] == ["simple_cnn"]  # what it was told, only
     assert (ws.export_dir / "model.onnx").exists()
+
+
+def test_a_mistyped_data_folder_is_named_with_how_to_fill_it_not_downloaded_into(tmp_path, capsys):
+    from train.__main__ import main as train_main
+
+    typo = tmp_path / "birdclf-2024"
+    assert train_main(["--data", str(typo), *TRAIN_ARGS[:2]]) == 1
+    assert capsys.readouterr().err == (
+        f"error: DATA={typo} does not exist: check the path, or download a competition into it with `make data "
+        f"DATA={typo} COMPETITION=<slug>` (a folder named after the competition, e.g. data/birdclef-2024, needs no "
+        "COMPETITION), run `make sample` for the embedded sample, or point DATA= at a folder in the Kaggle layout.\n")
+    assert not typo.exists()
