@@ -240,6 +240,17 @@ class HoldoutConfig:
     max_clip_s: float = 30.0  # longer recordings contribute an excerpt
     fill: float = 0.5  # clip seconds per soundscape second
 
+    @classmethod
+    def like_existing(cls, data_dir: Path, seed: int, fraction: float) -> "HoldoutConfig":
+        """seed and fraction with the other settings of data_dir's current hold-out (HOLDOUT_ARGS:
+        soundscapes, duration, SNR...), so a rebuild changes only which recordings it mixes."""
+        path = Workspace.of(data_dir).holdout_dir / "holdout.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        kept = {k: old[k] for k in ("n_soundscapes", "duration_s", "max_clip_s", "fill") if k in old}
+        if "snr_db" in old:
+            kept["snr_db"] = tuple(old["snr_db"])
+        return cls(seed=seed, fraction=fraction, **kept)
+
     def __post_init__(self):
         n_windows = self.duration_s / WINDOW_S
         if self.duration_s <= 0 or abs(n_windows - round(n_windows)) > 1e-9:

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -246,21 +246,8 @@ def build_withheld_holdout(members: list[tuple[Path, dict]], cfg: PackageConfig,
     fraction, seed = split
     print(f"package: {why}: building them from the recordings the runs withheld "
           f"(`make holdout`, fraction {fraction:g}, seed {seed})")
-    build_holdout(cfg.data_dir, holdout_settings(cfg.data_dir, HoldoutConfig(seed=seed, fraction=fraction)))
+    build_holdout(cfg.data_dir, HoldoutConfig.like_existing(cfg.data_dir, seed=seed, fraction=fraction))
     return labelled_soundscapes(cfg, "an ensemble")
-
-
-def holdout_settings(data_dir: Path, cfg) -> "HoldoutConfig":
-    """cfg with the other settings of the hold-out it replaces (HOLDOUT_ARGS: soundscapes,
-    duration, SNR...), so a rebuild changes only which recordings it mixes."""
-    path = Workspace.of(data_dir).holdout_dir / "holdout.json"
-    if not path.exists():
-        return cfg
-    old = json.loads(path.read_text())
-    kept = {k: old[k] for k in ("n_soundscapes", "duration_s", "max_clip_s", "fill") if k in old}
-    if "snr_db" in old:
-        kept["snr_db"] = tuple(old["snr_db"])
-    return replace(cfg, **kept)
 
 
 def leak_reason(labelled, members: list[tuple[Path, dict]], cfg: PackageConfig) -> str | None:
