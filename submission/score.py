@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
           f"model {r['model_s_per_soundscape']:.2f}); notebook wall time {r['notebook_wall_s']:.1f} s")
     if r["failures"]:
         print(f"score: {len(r['failures'])} file problem(s) logged by the notebook: {r['failures'][:3]}")
-    print(f"score: details in {Workspace.of(args.data).score_dir / 'score.json'}, the notebook's files in "
-          f"{Workspace.of(args.data).score_dir / 'working'}")
+    score_dir = Workspace.of(args.data).score_dir
+    print(f"score: details in {score_dir / 'score.json'}, the notebook's files in {score_dir / 'working'}")
     return 0
 
 
