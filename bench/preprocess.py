@@ -16,9 +16,9 @@ mode (so that one mode's memory and caches do not pollute another's), with one B
     of <= 0.5 s (>= 480x real time per core).
 
 Input: --data DIR in the Kaggle layout (default ../shared/realbirds when present): its
-unlabeled_soundscapes plus an even sample of train_audio, --files in all; the 4-minute
-soundscape is its unlabeled soundscapes end to end, re-encoded as OGG. Without such data (or
-with --synthetic) a synthetic soundscape (noise + chirps, OGG) is both. Results also go to
+unlabeled soundscapes (2025: train_soundscapes/) plus an even sample of train_audio, --files in
+all; the 4-minute soundscape is its unlabeled soundscapes end to end, re-encoded as OGG. Without
+such data (or with --synthetic) a synthetic soundscape (noise + chirps, OGG) is both. Results also go to
 bench/out/preprocess.json (under BIRDKIT_ROOT when set).
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.layout import UNLABELED_SOUNDSCAPE_DIRS, unlabeled_soundscapes
 from data.paths import REPO, output_root
 
 MODES = ("none", "spectral", "noisereduce")
@@ -68,7 +69,7 @@ def synthetic_soundscape(seconds: float, sample_rate_hz: int = 32_000, seed: int
 
 def pick_files(data_dir: Path, n_files: int) -> list[Path]:
     """The unlabeled soundscapes, then train_audio evenly sampled, n_files in all."""
-    scapes = sorted((data_dir / "unlabeled_soundscapes").glob("*.ogg"))[:n_files]
+    scapes = unlabeled_soundscapes(data_dir)[:n_files]
     recordings = sorted((data_dir / "train_audio").glob("*/*.ogg"))
     k = max(0, n_files - len(scapes))
     if k and recordings:
@@ -284,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         files = [] if args.synthetic or data is None else pick_files(data, args.files)
         if files:
-            scapes = sorted((data / "unlabeled_soundscapes").glob("*.ogg")) or files
+            scapes = unlabeled_soundscapes(data) or files
             soundscape = build_soundscape(scapes, args.soundscape_seconds, tmp / "soundscape.ogg")
-            n_scapes = sum(1 for f in files if f.parent.name == "unlabeled_soundscapes")
+            n_scapes = sum(1 for f in files if f.parent.name in UNLABELED_SOUNDSCAPE_DIRS)
             source = (f"{data}: {n_scapes} unlabeled soundscape(s) + {len(files) - n_scapes} train_audio "
                       f"recording(s); soundscape row: its unlabeled soundscapes end to end")
         else:

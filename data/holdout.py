@@ -25,7 +25,7 @@ Kaggle ships no labelled soundscapes, so this makes some. The method:
    recording's own noise between calls does not come along, and placed at a random time in a
    soundscape, its gap structure kept. One SNR per placed recording, drawn uniformly from
    `snr_db`: the band power of its calls over the band power of the background under them.
-   The background is one of the dataset's unlabeled_soundscapes, looped with crossfades from
+   The background is one of the dataset's unlabeled soundscapes (2025: train_soundscapes), looped with crossfades from
    a random offset to fill the length (pink noise when the dataset has none). Recordings are
    spread over the soundscapes so each holds about `fill` (half) of its length in clips:
    several species, overlapping. By default there are just enough soundscapes to use every
@@ -68,7 +68,7 @@ import pandas as pd
 from data.audio_io import write_ogg
 from data.features import AudioError, FeatureConfig, audio_seconds, load_audio
 from data.labels import CallEvent, solution_frame, window_labels
-from data.layout import class_list, list_audio, read_metadata
+from data.layout import class_list, read_metadata, unlabeled_soundscapes
 from data.paths import Workspace
 from data.split import holdout_recordings
 
@@ -445,7 +445,7 @@ def build_holdout(data_dir: Path, cfg: HoldoutConfig = HoldoutConfig(), out_dir:
     held = holdout_recordings(meta, cfg.fraction, cfg.seed)
     audio_root = data_dir / "train_audio"
     per_scape, stems = _plan(meta, held, audio_root, cfg)
-    background_files = list_audio(data_dir / "unlabeled_soundscapes")
+    background_files = unlabeled_soundscapes(data_dir)
 
     tmp = out_dir.parent / f".{out_dir.name}.holdout-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -500,7 +500,8 @@ def format_report(manifest: dict, solution: pd.DataFrame, classes: list[str], se
         + (", ".join(unscored) if unscored else "none"),
     ]
     if "pink noise" in backgrounds:
-        lines.insert(2, "  (no usable unlabeled_soundscapes: backgrounds are generated pink noise)")
+        lines.insert(2, "  (no usable unlabeled soundscapes in unlabeled_soundscapes/ or 2025's train_soundscapes/: "
+                        "backgrounds are generated pink noise)")
     return "\n".join(lines)
 
 
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m data.holdout",
         description="Build labelled 4-minute soundscapes from the recordings training holds out "
                     "(data.split.holdout_recordings): calls found by an energy detector, mixed over "
-                    "unlabeled_soundscapes backgrounds, labelled in Kaggle's solution format.",
+                    "unlabeled soundscape backgrounds, labelled in Kaggle's solution format.",
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder in the Kaggle layout")
     p.add_argument("--seed", type=int, default=0, help="split and mixing seed; train with the same one (default 0)")

@@ -5,7 +5,7 @@
                                        (BirdCLEF 2025 names it train.csv)
     <DATA>/eBird_Taxonomy_v2021.csv    (2025: taxonomy.csv; the kit does not read it)
     <DATA>/sample_submission.csv       row_id + one column per class
-    <DATA>/unlabeled_soundscapes/*.ogg
+    <DATA>/unlabeled_soundscapes/*.ogg (2025: train_soundscapes/)
     <DATA>/test_soundscapes/*.ogg      (empty in Kaggle's public data)
 """
 from __future__ import annotations
@@ -25,6 +25,8 @@ METADATA_COLUMNS = [
 ]
 # The recordings' metadata: train_metadata.csv in BirdCLEF 2023-2024, train.csv in 2025.
 METADATA_NAMES = ("train_metadata.csv", "train.csv")
+# Soundscapes without labels: unlabeled_soundscapes/ in BirdCLEF 2023-2024, train_soundscapes/ in 2025.
+UNLABELED_SOUNDSCAPE_DIRS = ("unlabeled_soundscapes", "train_soundscapes")
 REQUIRED_ENTRIES = ["train_audio", " or ".join(METADATA_NAMES), "sample_submission.csv"]
 DEFAULT_COMPETITION = "birdclef-2024"
 # 2021 and 2022 scored a long table (row_id + the species heard); the kit writes one column per class.
@@ -152,6 +154,11 @@ def list_audio(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
+def unlabeled_soundscapes(data_dir: Path) -> list[Path]:
+    """The dataset's unlabeled soundscapes, in whichever year's folder they are."""
+    return [p for name in UNLABELED_SOUNDSCAPE_DIRS for p in list_audio(Path(data_dir) / name)]
+
+
 @dataclass
 class LayoutReport:
     """What `make data` prints after unzipping: counts and every inconsistency found."""
@@ -220,6 +227,6 @@ def validate_layout(data_dir: Path, progress: bool = True) -> LayoutReport:
             seconds += dur
     report.recordings = len(present)
     report.total_hours = seconds / 3600
-    report.unlabeled_soundscapes = len(list_audio(data_dir / "unlabeled_soundscapes"))
+    report.unlabeled_soundscapes = len(unlabeled_soundscapes(data_dir))
     report.test_soundscapes = len(list_audio(data_dir / "test_soundscapes"))
     return report

@@ -190,6 +190,18 @@ def test_a_dataset_without_unlabeled_soundscapes_gets_pink_noise(tiny_dataset, t
     assert len(_solution(out)) == 48 * len(manifest["events"])
 
 
+def test_2025s_train_soundscapes_are_the_backgrounds_and_the_layout_counts_them(tiny_dataset, tmp_path):
+    from data.layout import validate_layout
+
+    data = tmp_path / "birdclef-2025"  # 2025 keeps its unlabeled soundscapes in train_soundscapes/
+    shutil.copytree(tiny_dataset, data)
+    (data / "unlabeled_soundscapes").rename(data / "train_soundscapes")
+    scapes = {p.name for p in (data / "train_soundscapes").glob("*.ogg")}
+    manifest = build_holdout(data, HoldoutConfig(seed=0), tmp_path / "out", progress=False)
+    assert set(manifest["backgrounds"].values()) <= scapes and scapes
+    assert validate_layout(data, progress=False).unlabeled_soundscapes == len(scapes)
+
+
 def test_cli_rejects_a_length_that_is_not_whole_windows(tiny_dataset, capsys):
     assert holdout.main(["--data", str(tiny_dataset), "--duration-s", "7", "--quiet"]) == 2
     assert "multiple of 5" in capsys.readouterr().err

@@ -35,7 +35,8 @@ def binary_roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
 def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """Kaggle's BirdCLEF metric on arrays [n_rows, n_classes]: the mean ROC-AUC over the
     classes with at least one positive. A class that is positive in every row has no
-    negative: sklearn (hence Kaggle) raises there too."""
+    negative, so no AUC: this raises, as sklearn <= 1.5 did (later sklearn warns and returns
+    NaN, making the whole score NaN); a real BirdCLEF test set has no such class."""
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score)
     if y_true.shape != y_score.shape:
