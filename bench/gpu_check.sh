@@ -9,7 +9,8 @@
 #          carry both paths: data/gpu/realbirds and data/cache/realbirds (42 MB for realbirds)
 #   there: bench/gpu_check.sh run data/gpu/realbirds "$OUT" 480
 #          -> in priority order, each step in what is left of 480 s: make bench-train with the
-#             training default workers, then with none; the four models trained from scratch;
+#             training default workers (where they fail: without, and training follows suit); the
+#             four models trained from scratch; bench-train without workers (what workers bring);
 #             5-fold cross-validation model by model, then resnet18's levers one at a time (CV_RUNS),
 #             as many as time leaves. Logs, the bench table, every run's config, history, learning
 #             curves and split are written to bench/out/gpu_check/ there, and OUT receives a few
@@ -29,7 +30,8 @@ DEVICE=${DEVICE:-cuda}  # cpu: a dry run of this script (the tests do that)
 STEPS=${STEPS:-200}  # timed steps of bench-train per model
 WARMUP=${WARMUP:-10}  # untimed steps first: workers start, cuDNN picks its kernels
 TRAIN_ARGS=${TRAIN_ARGS:-}
-REPORT_S=${REPORT_S:-40}  # kept for the last step, the run table (it exports the four runs to ONNX)
+REPORT_S=${REPORT_S:-40}  # kept for the last step, the run table
+BENCH_S=${BENCH_S:-180}  # at most this per bench-train step (four models, measured and ceiling: about a minute)
 
 if [ "$mode" = stage ]; then
     name=$(basename "$(cd "$data" && pwd)")
@@ -87,29 +89,45 @@ ship() {
 mkdir -p "$work/runs"
 trap ship EXIT
 
-step() {  # step NAME COMMAND...: run it within what is left of the budget, log it, go on whatever happens
+step() {  # step NAME COMMAND...: run it within what is left of the budget (and STEP_CAP_S where set), log
+    # it, go on whatever happens; returns the command's exit status (1 when skipped)
     local name=$1; shift
     local t=$(left)
     [ "$name" = report ] || t=$((t - REPORT_S))  # the report comes last and must not find the budget spent
-    if [ "$t" -lt 20 ]; then echo "== $name: skipped, ${t}s left" | tee -a "$work/steps.txt"; return; fi
+    [ -n "${STEP_CAP_S:-}" ] && [ "$STEP_CAP_S" -lt "$t" ] && t=$STEP_CAP_S  # a hung step leaves time for the rest
+    if [ "$t" -lt 20 ]; then echo "== $name: skipped, ${t}s left" | tee -a "$work/steps.txt"; return 1; fi
     echo "== $name ($t s left): $*" | tee -a "$work/steps.txt"
-    local t0=$(date +%s)
+    local t0=$(date +%s) rc
     timeout "$t" "$@" > "$work/$name.log" 2>&1
-    echo "== $name: exit $? after $(($(date +%s) - t0)) s" | tee -a "$work/steps.txt"
+    rc=$?
+    echo "== $name: exit $rc after $(($(date +%s) - t0)) s" | tee -a "$work/steps.txt"
     tail -n 12 "$work/$name.log"
+    return $rc
+}
+
+bench() {  # bench NAME [FLAGS...]: make bench-train's table; kept only when this step wrote it
+    local name=$1; shift
+    rm -f "$root/bench/out/train.json"  # a failed step must not ship an earlier step's table
+    STEP_CAP_S=$BENCH_S step "$name" $PY -m bench.train --data "$data" --models $MODELS --device $DEVICE \
+        --steps $STEPS --warmup $WARMUP "$@" && cp "$root/bench/out/train.json" "$work/$name.json"
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  echo "cpus: $(nproc)"; df -h /dev/shm  # DataLoader workers hand their batches over through /dev/shm
   $PY -m torch.utils.collect_env
 } > "$work/gpu.txt" 2>&1
 cat "$work/gpu.txt"
 
-step bench_train $PY -m bench.train --data "$data" --models $MODELS --device $DEVICE --steps $STEPS --warmup $WARMUP
-cp "$root/bench/out/train.json" "$work/bench_train.json" 2>/dev/null
-step bench_train_no_workers $PY -m bench.train --data "$data" --models $MODELS --device $DEVICE --steps $STEPS \
-    --warmup $WARMUP --num-workers 0
-cp "$root/bench/out/train.json" "$work/bench_train_no_workers.json" 2>/dev/null
+# The table first, with the training default's workers. Where that fails, the same without workers,
+# and training then goes without them too; otherwise the no-workers table comes after training.
+workers_ok=1
+bench bench_train || workers_ok=0
+if [ $workers_ok = 0 ] && bench bench_train_no_workers --num-workers 0; then
+    TRAIN_ARGS="--num-workers 0 $TRAIN_ARGS"
+    echo "== the DataLoader workers failed: training goes without them (--num-workers 0)" | tee -a "$work/steps.txt"
+fi
 step train $PY -m train --data "$data" --models $MODELS --no-pretrained --device $DEVICE $TRAIN_ARGS
+[ $workers_ok = 1 ] && bench bench_train_no_workers --num-workers 0  # how much the workers bring
 # model:recipe[:flags], most wanted first: the kit's default, then the two the CPU could not afford,
 # with the reference's from-scratch recipe and with their own; then, while time is left, resnet18's
 # levers one at a time on the same folds (flags joined by commas), and other folds (seed 1).
@@ -123,4 +141,6 @@ for run in ${CV_RUNS-resnet18:auto efficientnet_b0:scratch inception_v3:scratch 
     step "cv_${model}_${recipe}${tag:+_$tag}" $PY -m train --data "$data" --models "$model" --recipe "$recipe" \
         --no-pretrained --device $DEVICE --cv 5 --holdout-fraction 0 $flags $TRAIN_ARGS
 done
-step report $PY -m train.report --data "$data"
+# --no-onnx: the table comes back whatever time is left (exporting and timing four models takes
+# longer than the report's share; their CPU time depends on the architecture: `make report` here)
+step report $PY -m train.report --data "$data" --no-onnx

@@ -230,3 +230,44 @@ def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(
     assert len(levered) == 5 and all(c["random_crop"] and c["folds"] == 5 for c in levered)
     assert len(list(work.rglob("*.png"))) >= 11 and not list(work.rglob("*.pt"))
     assert len(list(work.rglob("val_last.npz"))) == 11  # the logits, to score other activations afterwards
+
+
+# As NO_AUDIO_PYTHON, but DataLoader workers die (a small /dev/shm, say) in bench-train's default run
+WORKERS_FAIL_PYTHON = NO_AUDIO_PYTHON.replace('flag, target, *rest = sys.argv[1:]\n', '''flag, target, *rest = sys.argv[1:]
+if target == "bench.train" and "--num-workers" not in rest:
+    sys.exit("RuntimeError: DataLoader worker (pid 4242) is killed by signal: Bus error.")
+''')
+
+
+def test_where_the_workers_fail_the_gpu_check_benches_and_trains_without_them_and_ships_no_stale_table(
+        tiny_dataset, tmp_path, monkeypatch):
+    from data.features import FeatureConfig
+    from data.paths import output_root
+    from data.preprocess import PreprocessConfig, ensure_cache
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
+    script = str(REPO / "bench" / "gpu_check.sh")
+    subprocess.run(["bash", script, "stage", str(tiny_dataset)], capture_output=True, text=True, check=True)
+    data = output_root() / "data" / "gpu" / tiny_dataset.name
+    stale = output_root() / "bench" / "out" / "train.json"  # an earlier check's table, on a warm machine
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"rows": [{"model": "stale", "workers": 4}]}))
+
+    assert WORKERS_FAIL_PYTHON != NO_AUDIO_PYTHON
+    (tmp_path / "workers_fail.py").write_text(WORKERS_FAIL_PYTHON)
+    env = {**os.environ, "PYTHON": f"{sys.executable} {tmp_path / 'workers_fail.py'}", "DEVICE": "cpu",
+           "STEPS": "2", "WARMUP": "1", "MODELS": "simple_cnn", "CV_RUNS": "", "TRAIN_ARGS": "--epochs 1"}
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", script, "run", str(data), str(out), "600"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    steps = (out / "steps.txt").read_text()
+    order = [line.split(":")[0].split(" (")[0] for line in steps.splitlines() if " exit " in line]
+    assert order == ["== bench_train", "== bench_train_no_workers", "== train", "== report"], run.stdout[-3000:]
+    assert "== bench_train: exit 1 after" in steps and "== bench_train_no_workers: exit 0 after" in steps
+    assert "training goes without them (--num-workers 0)" in steps
+    assert not (out / "bench_train.json").exists()  # the failed step ships no table, not the stale one
+    assert json.loads((out / "bench_train_no_workers.json").read_text())["rows"][0]["workers"] == 0
+    (config,) = [json.loads(c.read_text()) for c in (output_root() / "train" / "runs").rglob("config.json")]
+    assert config["num_workers"] == 0
+    assert "simple_cnn" in (out / "report.txt").read_text()
