@@ -632,3 +632,37 @@ def test_export_can_ship_another_activation_and_records_which_the_metrics_used(c
     windows = check_windows(load_run(run))
     out = ort.InferenceSession(report["onnx"]).run(None, {meta["input_name"]: windows})[0]
     assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)  # each window's classes share one unit
+
+
+LOSS_OF_TWO_PROCESSES = """
+import sys
+
+import torch
+
+import train.loop as loop
+from train import dist
+from train.config import TrainConfig
+
+d = dist.init("cpu")
+# rank 0 sees one window of loss 1.0, rank 1 three windows of loss 3.0
+n = 1 if d.rank == 0 else 3
+loader = [(torch.zeros(n, 4, 4), torch.zeros(n, dtype=torch.long), torch.zeros(n, 2))]
+loop.train_step = lambda model, x, y, cfg, optimizer, scaler, device: torch.tensor(1.0 + 2.0 * d.rank)
+loop.augment = lambda cfg, x, y, gen: (x, y)
+result = loop.train_epoch(torch.nn.Linear(1, 1), loader, TrainConfig(model="simple_cnn", data_dir="."), None, torch.device("cpu"), None,
+                          torch.Generator(), world=d.world)
+print(f"rank {d.rank}: train_loss {result.train_loss:.4f}", file=sys.stderr)
+dist.finish(d)
+"""
+
+
+def test_the_logged_training_loss_is_the_mean_over_every_processs_windows(tmp_path):
+    script = tmp_path / "loss_of_two.py"
+    script.write_text(LOSS_OF_TWO_PROCESSES)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # (1 x 1.0 + 3 x 3.0) / 4 windows = 2.5 on both ranks; not rank 0's own 1.0
+    assert "rank 0: train_loss 2.5000" in out.stderr and "rank 1: train_loss 2.5000" in out.stderr

@@ -69,6 +69,14 @@ def gather(d: Dist, value) -> list:
     return values
 
 
+def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """values summed over every process (in place; as they are without torchrun). NCCL wants
+    them on this process's GPU."""
+    if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
+        tdist.all_reduce(values)
+    return values
+
+
 def barrier(d: Dist) -> None:
     if d.active:
         tdist.barrier()

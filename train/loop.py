@@ -149,9 +149,12 @@ def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen:
         if ema is not None:
             ema.update(dist.unwrap(model))
         n += len(x)
-    total = torch.stack(losses).sum().item() if losses else 0.0  # one device sync per epoch
+    # summed over every process's windows under DDP; one device sync per epoch
+    loss_sum = torch.stack(losses).sum() if losses else torch.zeros((), device=device)
+    sums = torch.stack([loss_sum.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
+    total, n_all = dist.sum_over_processes(sums).tolist()
     seconds = time.perf_counter() - t0
-    return EpochResult(total / max(n, 1), n * world / seconds, n, seconds)
+    return EpochResult(total / max(n_all, 1), n * world / seconds, n, seconds)
 
 
 @torch.no_grad()
@@ -162,8 +165,7 @@ def predict(model, loader, cfg: TrainConfig, device) -> tuple[float, np.ndarray]
     for x, labels, targets in loader:  # [B, M, T], [B], [B, C]
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
         x = x.float()
-        with autocast_for(device, cfg.amp):
-            logits = model(x).float()
+        logits = model(x).float()  # fp32, as the exported ONNX model runs: bf16 logits would tie scores
         total += loss_fn(cfg, logits, batch_targets(cfg, labels, targets)).item() * len(x)
         n += len(x)
         out.append(logits.cpu())
