@@ -190,14 +190,19 @@ def test_a_dataset_without_unlabeled_soundscapes_gets_pink_noise(tiny_dataset, t
     assert len(_solution(out)) == 48 * len(manifest["events"])
 
 
-def test_2025s_train_soundscapes_are_the_backgrounds_and_the_layout_counts_them(tiny_dataset, tmp_path):
+def test_a_2025_hold_out_is_one_minute_long_over_its_train_soundscapes(tiny_dataset, tmp_path, monkeypatch):
     from data.layout import validate_layout
 
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
     data = tmp_path / "birdclef-2025"  # 2025 keeps its unlabeled soundscapes in train_soundscapes/
     shutil.copytree(tiny_dataset, data)
     (data / "unlabeled_soundscapes").rename(data / "train_soundscapes")
     scapes = {p.name for p in (data / "train_soundscapes").glob("*.ogg")}
-    manifest = build_holdout(data, HoldoutConfig(seed=0), tmp_path / "out", progress=False)
+    assert holdout.main(["--data", str(data), "--quiet"]) == 0
+    out = Workspace.of(data).holdout_dir
+    manifest = json.loads((out / "holdout.json").read_text())
+    assert manifest["duration_s"] == 60.0  # as Kaggle's 2025 test soundscapes
+    assert len(_solution(out)) == 12 * len(manifest["events"])  # _5 ... _60
     assert set(manifest["backgrounds"].values()) <= scapes and scapes
     assert validate_layout(data, progress=False).unlabeled_soundscapes == len(scapes)
 
