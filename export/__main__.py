@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from data.paths import Workspace
-from export.to_onnx import ExportError, export_best, export_run, remove_candidates
+from export.to_onnx import PARITY_ATOL, ExportError, export_best, export_run, remove_candidates
 from train.report import finished_runs
 
 
@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder whose runs to choose from")
     p.add_argument("--run", type=Path, help="export this run folder instead of the best one")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - torch| accepted")
+    p.add_argument("--atol", type=float, default=PARITY_ATOL,
+                   help=f"largest |onnxruntime - torch| accepted (default {PARITY_ATOL:g})")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--top", type=int, default=3,
                    help="export the N best runs: the best as model.onnx, the next as model-2.onnx ... (ensemble "

@@ -26,6 +26,9 @@ from train.report import finished_runs
 
 ONNX_FORMAT = "birdkit-1"
 INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
+# Largest |onnxruntime - torch| probability accepted on the run's real windows (fp32 both sides:
+# a correct graph stays near 1e-7; weights off by 0.05 already show above 1e-3)
+PARITY_ATOL = 1e-4
 
 
 class ExportError(RuntimeError):
@@ -178,7 +181,7 @@ def ort_ms_per_window(path: Path, windows: np.ndarray, threads: int = 2, repeats
     return float(np.median(times) * 1000 / len(windows))
 
 
-def export_run(run_dir: Path, out_dir: Path, *, atol: float = 1e-4, opset: int = 18,
+def export_run(run_dir: Path, out_dir: Path, *, atol: float = PARITY_ATOL, opset: int = 18,
                filename: str = "model.onnx", activation: str | None = None) -> dict:
     """Export run_dir's best checkpoint to out_dir/filename; refuse if onnxruntime and torch
     disagree by more than atol. Returns the export report."""
@@ -212,7 +215,7 @@ def remove_candidates(out_dir: Path) -> None:
         stale.unlink()
 
 
-def export_best(runs_dir: Path, out_dir: Path, *, top: int = 1, atol: float = 1e-4, opset: int = 18,
+def export_best(runs_dir: Path, out_dir: Path, *, top: int = 1, atol: float = PARITY_ATOL, opset: int = 18,
                 activation: str | None = None) -> dict:
     """The best run -> out_dir/model.onnx; with top > 1 the next best -> model-2.onnx, ... too
     (candidates for an ensemble). Writes export.json: the best model's report, the others under

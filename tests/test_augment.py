@@ -33,6 +33,17 @@ def test_mixup_for_softmax_training_blends_targets_that_still_sum_to_one():
     assert torch.all(my.max(1).values >= 0.5)  # the first window's label keeps at least half
 
 
+def test_softmax_mixup_gives_each_window_its_own_share_lam_and_its_partner_the_rest():
+    x, y = batch()
+    torch.manual_seed(0)
+    _, my = mixup(x, y, alpha=0.5, union_targets=False, gen=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)  # replay the draws, as for the sigmoid case
+    lam = torch.distributions.Beta(0.5, 0.5).sample((len(x),))
+    lam = torch.maximum(lam, 1 - lam).view(-1, 1)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(my, lam * y + (1 - lam) * y[perm])  # the louder window's label weighs more
+
+
 def test_power_mixing_adds_a_quieter_window_and_stays_in_the_feature_range():
     x, y = batch()
     mx, my = power_mix(x, y, (0.0, 15.0), top_db=80.0, gen=torch.Generator().manual_seed(2))

@@ -5,7 +5,7 @@ import soundfile as sf
 
 from data.features import (
     AudioError, FeatureConfig, audio_to_features, file_to_features, frame_windows, load_audio, mel_power,
-    n_windows, row_end_seconds,
+    n_windows, normalise, row_end_seconds,
 )
 
 CFG = FeatureConfig()
@@ -48,6 +48,13 @@ def test_the_band_below_fmin_is_cut():
     low = mel_power(frame_windows(tone(50, 5.0), CFG), CFG).sum()
     high = mel_power(frame_windows(tone(1000, 5.0), CFG), CFG).sum()
     assert 10 * np.log10(low / high) < -30  # a 50 Hz hum barely reaches the mel bands
+
+
+def test_power_40_db_below_the_windows_peak_maps_to_one_half_and_80_db_below_to_zero():
+    mel = np.full((1, 2, 3), 1e-12, np.float32)  # [window, mel, frame] power
+    mel[0, 0, 0], mel[0, 0, 1], mel[0, 1, 0] = 2.0, 2e-4, 2e-8  # the peak, -40 dB, -80 dB
+    scaled = normalise(mel, CFG)
+    assert (scaled[0, 0, 0], scaled[0, 0, 1], scaled[0, 1, 0], scaled[0, 1, 2]) == (1.0, 0.5, 0.0, 0.0)
 
 
 def test_digital_silence_and_padding_map_to_zero_not_to_full_scale():

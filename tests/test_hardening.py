@@ -331,6 +331,17 @@ def test_files_without_a_row_are_ignored_by_training_and_reported_by_validate_la
     assert text.endswith("\nfolders not in metadata 1: newbrd1 (their files are ignored: no row gives their labels)")
 
 
+def test_validate_layout_lists_empty_and_undecodable_recordings_as_unreadable(tiny_dataset, tmp_path):
+    data = tmp_path / "unreadable"
+    shutil.copytree(tiny_dataset, data)
+    empty, junk = read_metadata(data).filename.tolist()[:2]
+    sf.write(data / "train_audio" / empty, np.zeros(0, np.float32), SR, format="OGG")  # 0 frames
+    (data / "train_audio" / junk).write_bytes(b"not audio at all")
+    report = validate_layout(data, progress=False)
+    assert report.unreadable == sorted([empty, junk])
+    assert "unreadable files   2: " in report.format()
+
+
 def test_secondary_labels_naming_unknown_classes_are_ignored_and_reported_once(faulty):
     from train.config import config_for
     from train.data import make_splits

@@ -174,6 +174,22 @@ def test_labels_follow_the_one_rule_on_the_recorded_events(tiny_dataset, built):
     assert solution.to_numpy().sum() > 0
 
 
+def test_a_call_shorter_than_a_second_labels_the_window_it_falls_in_and_a_long_one_each_second_it_fills():
+    short = window_labels([CallEvent("a", 7.0, 7.4)], 48, ["a", "b"])
+    assert short[1, 0] == 1 and short.sum() == 1
+    straddling = window_labels([CallEvent("b", 4.5, 6.0)], 48, ["a", "b"])  # 0.5 s in window 0, 1.0 s in 1
+    assert straddling[:3, 1].tolist() == [0, 1, 0] and straddling.sum() == 1
+
+
+def test_a_class_with_exactly_the_minimum_recordings_gives_one_to_validation_and_to_the_hold_out():
+    from data.split import validation_recordings
+
+    meta = pd.DataFrame({"primary_label": ["a", "a", "b", "b", "b", "c"],
+                         "filename": ["a/1.ogg", "a/2.ogg", "b/1.ogg", "b/2.ogg", "b/3.ogg", "c/1.ogg"]})
+    assert sorted(f.split("/")[0] for f in validation_recordings(meta, 0.2, 0)) == ["a", "b"]  # >= 2 recordings
+    assert [f.split("/")[0] for f in holdout_recordings(meta, 0.2, 0)] == ["b"]  # >= 3 recordings
+
+
 def test_same_seed_gives_the_same_labels_and_another_seed_other_ones(built, built_again, built_other_seed):
     pd.testing.assert_frame_equal(_solution(built), _solution(built_again))
     assert _manifest(built)["events"] == _manifest(built_again)["events"]

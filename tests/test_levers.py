@@ -74,6 +74,45 @@ def test_the_ema_moves_each_weight_a_ramped_share_towards_the_model():
     assert not ema.module.weight.requires_grad
 
 
+def test_the_ema_decay_never_exceeds_the_one_chosen():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    start = model.weight.detach().clone()
+    ema = EMA(model, decay=0.1)  # the first update's ramp, 2/11, is above 0.1: the cap decides
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, start + 0.9)  # 0.1 * start + 0.9 * (start + 1)
+
+
+def test_the_ema_averages_batch_norm_running_statistics_too():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model[1].running_mean.fill_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update(model)  # decay 2/11: the exported EMA model normalises with averaged statistics
+    assert torch.allclose(ema.module[1].running_mean, torch.full((4,), 9 / 11))
+    assert int(ema.module[1].num_batches_tracked) == 7
+
+
+def test_a_cosine_schedule_built_from_the_config_warms_up_over_its_warm_up_epochs():
+    from train.config import config_for
+    from train.optim import make_optimizer, make_scheduler
+
+    cfg = config_for("simple_cnn", "x", epochs=10, lr=1e-3, optimizer="adamw", lr_schedule="cosine",
+                     warmup_epochs=1, pretrained=False)
+    opt = make_optimizer(cfg, torch.nn.Linear(2, 2).parameters())
+    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[-1] < 2e-5  # then down to about 1% of the peak
+
+
 def test_ema_state_round_trips_with_its_update_count():
     model = torch.nn.Linear(2, 2)
     ema = EMA(model, 0.9)

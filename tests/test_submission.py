@@ -44,7 +44,9 @@ def test_an_empty_or_missing_test_folder_still_gives_a_valid_submission(kit_mode
 def test_smoothing_averages_neighbouring_windows_and_blending_pulls_towards_the_mean():
     probs = np.array([[0.0], [1.0], [0.0], [0.0]], np.float32)
     smoothed = PostProcess(smooth_kernel=(0.25, 0.5, 0.25))(probs)
-    assert smoothed[:, 0].tolist() == pytest.approx([0.25, 0.5, 0.25, 0.0])  # edges repeat the end window
+    assert smoothed[:, 0].tolist() == pytest.approx([0.25, 0.5, 0.25, 0.0])
+    ends = PostProcess(smooth_kernel=(0.25, 0.5, 0.25))(np.array([[1.0], [0.0], [0.0], [1.0]], np.float32))
+    assert ends[:, 0].tolist() == pytest.approx([0.75, 0.25, 0.25, 0.75])  # edges repeat the end window, not 0
     blended = PostProcess(mean_blend=0.5)(probs)
     assert blended[:, 0].tolist() == pytest.approx([0.125, 0.625, 0.125, 0.125])
     assert np.array_equal(PostProcess()(probs), probs)
@@ -55,6 +57,24 @@ def test_export_refuses_when_onnxruntime_and_torch_disagree(chain, tmp_path):
     with pytest.raises(ExportError, match=r"onnxruntime differs from torch by .* refusing to export"):
         export_run(run_dir, tmp_path / "out", atol=0.0)
     assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_make_export_refuses_by_default_a_model_onnxruntime_runs_5e4_away_from_torch(chain, tmp_path, monkeypatch,
+                                                                                       capsys):
+    import shutil
+
+    import export.to_onnx as to_onnx
+    from data.paths import Workspace
+    from export.__main__ import main as export_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))  # a copy of the chain's runs: its export stays
+    ws = Workspace.of(chain.data_dir)
+    shutil.copytree(chain.runs_dir, ws.runs_dir)
+    shutil.copytree(chain.cache_root, ws.cache_root)  # the parity check runs on the run's cached windows
+    monkeypatch.setattr(to_onnx, "ort_max_abs_diff", lambda *args, **kwargs: 5e-4)
+    assert export_main(["--data", str(ws.data_dir), "--top", "1"]) == 1
+    assert "onnxruntime differs from torch by 5.00e-04 (> 1e-04)" in capsys.readouterr().err
+    assert not (ws.export_dir / "model.onnx").exists()
 
 
 def test_the_parity_check_sees_a_model_that_is_not_the_exported_one(chain):
