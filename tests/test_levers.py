@@ -32,11 +32,12 @@ def test_the_warm_up_rises_linearly_and_the_cosine_ends_at_one_percent():
     assert lr_factor(50, 100, 0, "constant") == 1.0
 
 
-def one_cycle_lrs(warmup_epochs: float) -> list[float]:
+def config_lrs(warmup_epochs: float, schedule: str = "onecycle") -> list[float]:
+    """The learning rate of each of 100 steps (10 epochs of 10) of a schedule built from the config."""
     from train.config import config_for
     from train.optim import make_optimizer, make_scheduler
 
-    cfg = config_for("simple_cnn", "x", epochs=10, lr=1e-3, optimizer="adamw", lr_schedule="onecycle",
+    cfg = config_for("simple_cnn", "x", epochs=10, lr=1e-3, optimizer="adamw", lr_schedule=schedule,
                      warmup_epochs=warmup_epochs, pretrained=False)
     opt = make_optimizer(cfg, torch.nn.Linear(2, 2).parameters())
     sched = make_scheduler(cfg, opt, steps_per_epoch=10)
@@ -49,7 +50,7 @@ def one_cycle_lrs(warmup_epochs: float) -> list[float]:
 
 
 def test_one_cycle_rises_from_a_25th_to_the_learning_rate_at_30_percent_then_falls_near_zero():
-    lrs = one_cycle_lrs(warmup_epochs=0)
+    lrs = config_lrs(warmup_epochs=0)
     assert lrs[0] == pytest.approx(1e-3 / 25)
     assert int(np.argmax(lrs)) == 29 and max(lrs) == pytest.approx(1e-3, rel=1e-3)
     assert lrs[-1] < 1e-5
@@ -57,7 +58,7 @@ def test_one_cycle_rises_from_a_25th_to_the_learning_rate_at_30_percent_then_fal
 
 
 def test_one_cycle_uses_the_warm_up_epochs_as_its_rising_phase():
-    lrs = one_cycle_lrs(warmup_epochs=2)
+    lrs = config_lrs(warmup_epochs=2)
     assert int(np.argmax(lrs)) == 19
 
 
@@ -97,18 +98,7 @@ def test_the_ema_averages_batch_norm_running_statistics_too():
 
 
 def test_a_cosine_schedule_built_from_the_config_warms_up_over_its_warm_up_epochs():
-    from train.config import config_for
-    from train.optim import make_optimizer, make_scheduler
-
-    cfg = config_for("simple_cnn", "x", epochs=10, lr=1e-3, optimizer="adamw", lr_schedule="cosine",
-                     warmup_epochs=1, pretrained=False)
-    opt = make_optimizer(cfg, torch.nn.Linear(2, 2).parameters())
-    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = config_lrs(warmup_epochs=1, schedule="cosine")
     assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4) and lrs[9] == pytest.approx(1e-3)
     assert lrs[-1] < 2e-5  # then down to about 1% of the peak
 
