@@ -245,10 +245,12 @@ class HoldoutConfig:
     @classmethod
     def like_existing(cls, data_dir: Path, seed: int, fraction: float) -> "HoldoutConfig":
         """seed and fraction with the other settings of data_dir's current hold-out (HOLDOUT_ARGS:
-        soundscapes, duration, SNR...), so a rebuild changes only which recordings it mixes."""
+        soundscapes, duration, SNR...), so a rebuild changes only which recordings it mixes; with
+        none yet, `make holdout`'s defaults (the competition's test soundscape length)."""
         path = Workspace.of(data_dir).holdout_dir / "holdout.json"
         old = json.loads(path.read_text()) if path.exists() else {}
         kept = {k: old[k] for k in ("n_soundscapes", "duration_s", "max_clip_s", "fill") if k in old}
+        kept.setdefault("duration_s", test_soundscape_s(data_dir))
         if "snr_db" in old:
             kept["snr_db"] = tuple(old["snr_db"])
         return cls(seed=seed, fraction=fraction, **kept)

@@ -223,6 +223,19 @@ def test_a_2025_hold_out_is_one_minute_long_over_its_train_soundscapes(tiny_data
     assert validate_layout(data, progress=False).unlabeled_soundscapes == len(scapes)
 
 
+def test_a_rebuilt_hold_out_keeps_the_existing_ones_settings_or_takes_the_competitions_length(tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    data = tmp_path / "birdclef-2025"
+    fresh = HoldoutConfig.like_existing(data, seed=3, fraction=0.2)
+    assert (fresh.seed, fresh.fraction, fresh.duration_s, fresh.n_soundscapes) == (3, 0.2, 60.0, None)
+    Workspace.of(data).holdout_dir.mkdir(parents=True)
+    (Workspace.of(data).holdout_dir / "holdout.json").write_text(json.dumps(
+        {"seed": 0, "fraction": 0.15, "duration_s": 120.0, "n_soundscapes": 2, "snr_db": [0.0, 5.0]}))
+    kept = HoldoutConfig.like_existing(data, seed=3, fraction=0.2)
+    assert (kept.seed, kept.fraction, kept.duration_s, kept.n_soundscapes, kept.snr_db) == (3, 0.2, 120.0, 2, (0.0, 5.0))
+
+
 def test_cli_rejects_a_length_that_is_not_whole_windows(tiny_dataset, capsys):
     assert holdout.main(["--data", str(tiny_dataset), "--duration-s", "7", "--quiet"]) == 2
     assert "multiple of 5" in capsys.readouterr().err
