@@ -96,7 +96,7 @@ step() {  # step NAME COMMAND...: run it within what is left of the budget (and 
     [ "$name" = report ] || t=$((t - REPORT_S))  # the report comes last and must not find the budget spent
     [ -n "${STEP_CAP_S:-}" ] && [ "$STEP_CAP_S" -lt "$t" ] && t=$STEP_CAP_S  # a hung step leaves time for the rest
     if [ "$t" -lt 20 ]; then echo "== $name: skipped, ${t}s left" | tee -a "$work/steps.txt"; return 1; fi
-    echo "== $name ($t s left): $*" | tee -a "$work/steps.txt"
+    echo "== $name ($t s allowed, $(left) s left): $*" | tee -a "$work/steps.txt"
     local t0=$(date +%s) rc
     timeout "$t" "$@" > "$work/$name.log" 2>&1
     rc=$?
@@ -118,10 +118,14 @@ bench() {  # bench NAME [FLAGS...]: make bench-train's table; kept only when thi
 } > "$work/gpu.txt" 2>&1
 cat "$work/gpu.txt"
 
-# The table first, with the training default's workers. Where that fails, the same without workers,
-# and training then goes without them too; otherwise the no-workers table comes after training.
+workers_failed() {  # the step ended by itself (no timeout) with a DataLoader worker's error in its log
+    [ "$1" != 124 ] && [ "$1" != 137 ] && grep -qiE 'DataLoader worker|shared memory|/dev/shm|Bus error' "$work/$2.log"
+}
+
+# The table first, with the training default's workers. Where the workers fail, the same without
+# them, and training then goes without them too; otherwise the no-workers table comes after training.
 workers_ok=1
-bench bench_train || workers_ok=0
+bench bench_train || { workers_failed $? bench_train && workers_ok=0; }
 if [ $workers_ok = 0 ] && bench bench_train_no_workers --num-workers 0; then
     TRAIN_ARGS="--num-workers 0 $TRAIN_ARGS"
     echo "== the DataLoader workers failed: training goes without them (--num-workers 0)" | tee -a "$work/steps.txt"
@@ -144,3 +148,4 @@ done
 # --no-onnx: the table comes back whatever time is left (exporting and timing four models takes
 # longer than the report's share; their CPU time depends on the architecture: `make report` here)
 step report $PY -m train.report --data "$data" --no-onnx
+exit 0  # each step's exit status is in steps.txt; the EXIT trap ships what there is

@@ -239,31 +239,45 @@ if target == "bench.train" and "--num-workers" not in rest:
 ''')
 
 
-def test_where_the_workers_fail_the_gpu_check_benches_and_trains_without_them_and_ships_no_stale_table(
-        tiny_dataset, tmp_path, monkeypatch):
+# As NO_AUDIO_PYTHON, but bench-train's default run outlasts its cap (BENCH_S) with healthy workers
+SLOW_BENCH_PYTHON = WORKERS_FAIL_PYTHON.replace('    sys.exit("RuntimeError: DataLoader worker (pid 4242) is killed '
+                                                'by signal: Bus error.")', '    import time; time.sleep(60)')
+
+
+def run_gpu_check_with(python_source: str, tiny_dataset, tmp_path, **env_vars) -> tuple[Path, list[str], str]:
+    """bench/gpu_check.sh run on the staged tiny cache with this stand-in python: (OUT, the steps in
+    the order they ended, the script's stdout)."""
     from data.features import FeatureConfig
     from data.paths import output_root
     from data.preprocess import PreprocessConfig, ensure_cache
 
-    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
     ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
     script = str(REPO / "bench" / "gpu_check.sh")
     subprocess.run(["bash", script, "stage", str(tiny_dataset)], capture_output=True, text=True, check=True)
     data = output_root() / "data" / "gpu" / tiny_dataset.name
-    stale = output_root() / "bench" / "out" / "train.json"  # an earlier check's table, on a warm machine
-    stale.parent.mkdir(parents=True)
-    stale.write_text(json.dumps({"rows": [{"model": "stale", "workers": 4}]}))
-
-    assert WORKERS_FAIL_PYTHON != NO_AUDIO_PYTHON
-    (tmp_path / "workers_fail.py").write_text(WORKERS_FAIL_PYTHON)
-    env = {**os.environ, "PYTHON": f"{sys.executable} {tmp_path / 'workers_fail.py'}", "DEVICE": "cpu",
-           "STEPS": "2", "WARMUP": "1", "MODELS": "simple_cnn", "CV_RUNS": "", "TRAIN_ARGS": "--epochs 1"}
+    (tmp_path / "python.py").write_text(python_source)
+    env = {**os.environ, "PYTHON": f"{sys.executable} {tmp_path / 'python.py'}", "DEVICE": "cpu", "STEPS": "2",
+           "WARMUP": "1", "MODELS": "simple_cnn", "CV_RUNS": "", "TRAIN_ARGS": "--epochs 1", **env_vars}
     out = tmp_path / "out"
     run = subprocess.run(["bash", script, "run", str(data), str(out), "600"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:]
     steps = (out / "steps.txt").read_text()
-    order = [line.split(":")[0].split(" (")[0] for line in steps.splitlines() if " exit " in line]
-    assert order == ["== bench_train", "== bench_train_no_workers", "== train", "== report"], run.stdout[-3000:]
+    return out, [line.split(":")[0].split(" (")[0] for line in steps.splitlines() if " exit " in line], run.stdout
+
+
+def test_where_the_workers_fail_the_gpu_check_benches_and_trains_without_them_and_ships_no_stale_table(
+        tiny_dataset, tmp_path, monkeypatch):
+    from data.paths import output_root
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    stale = output_root() / "bench" / "out" / "train.json"  # an earlier check's table, on a warm machine
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"rows": [{"model": "stale", "workers": 4}]}))
+    assert WORKERS_FAIL_PYTHON != NO_AUDIO_PYTHON
+    out, order, stdout = run_gpu_check_with(WORKERS_FAIL_PYTHON, tiny_dataset, tmp_path)
+    steps = (out / "steps.txt").read_text()
+    assert order == ["== bench_train", "== bench_train_no_workers", "== train", "== report"], stdout[-3000:]
     assert "== bench_train: exit 1 after" in steps and "== bench_train_no_workers: exit 0 after" in steps
     assert "training goes without them (--num-workers 0)" in steps
     assert not (out / "bench_train.json").exists()  # the failed step ships no table, not the stale one
@@ -271,3 +285,16 @@ def test_where_the_workers_fail_the_gpu_check_benches_and_trains_without_them_an
     (config,) = [json.loads(c.read_text()) for c in (output_root() / "train" / "runs").rglob("config.json")]
     assert config["num_workers"] == 0
     assert "simple_cnn" in (out / "report.txt").read_text()
+
+
+def test_a_bench_step_that_only_runs_out_of_time_keeps_the_workers_for_training(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    assert SLOW_BENCH_PYTHON != WORKERS_FAIL_PYTHON
+    out, order, stdout = run_gpu_check_with(SLOW_BENCH_PYTHON, tiny_dataset, tmp_path, BENCH_S="20")
+    assert order == ["== bench_train", "== train", "== bench_train_no_workers", "== report"], stdout[-3000:]
+    steps = (out / "steps.txt").read_text()
+    assert "== bench_train: exit 124 after" in steps and "training goes without them" not in steps
+    from data.paths import output_root
+
+    (config,) = [json.loads(c.read_text()) for c in (output_root() / "train" / "runs").rglob("config.json")]
+    assert config["num_workers"] == -1  # the default: 4 workers on CUDA
