@@ -50,8 +50,9 @@ NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv $(DATA)/train.csv),,$(i
 TRAIN_FLAGS = --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) $(TRAIN_ARGS)
 TRAIN_FLAGS_WORD = '$(subst ','\'',$(TRAIN_FLAGS))'
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
-# The competition the notebook attaches: COMPETITION where the user set it, else DATA's folder name
-# where it is a BirdCLEF slug (data/birdclef-2025), else birdclef-2024 (submission/package.py decides).
+# The competition the notebook attaches and the hold-out imitates: COMPETITION where the user set it,
+# else DATA's folder name where it is a BirdCLEF slug (data/birdclef-2025), else birdclef-2024
+# (data.layout.competition_of decides).
 COMPETITION_ARG := $(if $(COMPETITION_NAMED),--competition $(COMPETITION),)
 BENCH_ARGS  ?=
 # bench-preprocess times DATA's audio where the user named DATA or it is there; else its default
@@ -107,7 +108,7 @@ upload: venv  ## create or version the Kaggle dataset, wait until it is ready, p
 	$(PY) -m submission.upload $(UPLOAD_ARGS)
 
 holdout: venv $(NEEDS_DATA)  ## labelled held-out soundscapes from withheld recordings of DATA
-	$(PY) -m data.holdout --data $(DATA) --seed $(SEED) $(HOLDOUT_ARGS)
+	$(PY) -m data.holdout --data $(DATA) --seed $(SEED) $(COMPETITION_ARG) $(HOLDOUT_ARGS)
 
 score: package  ## run the packaged notebook on labelled soundscapes, print Kaggle's metric
 	$(PY) -m submission.score --data $(DATA) $(COMPETITION_ARG) $(SCORE_ARGS)

@@ -70,7 +70,7 @@ import pandas as pd
 from data.audio_io import write_ogg
 from data.features import AudioError, FeatureConfig, audio_seconds, load_audio
 from data.labels import CallEvent, solution_frame, window_labels
-from data.layout import class_list, competition_of, read_metadata, unlabeled_soundscapes
+from data.layout import class_list, competition_of, competition_soundscape_s, read_metadata, unlabeled_soundscapes
 from data.paths import Workspace
 from data.split import holdout_recordings
 
@@ -237,20 +237,22 @@ class HoldoutConfig:
     seed: int = 0
     fraction: float = 0.15  # train.config.TrainConfig.holdout_fraction
     n_soundscapes: int | None = None  # None: enough to use every held-out recording once
-    duration_s: float = 240.0
+    duration_s: float = 240.0  # 2024's; `make holdout` and like_existing take the competition's
     snr_db: tuple[float, float] = (-5.0, 15.0)
     max_clip_s: float = 30.0  # longer recordings contribute an excerpt
     fill: float = 0.5  # clip seconds per soundscape second
 
     @classmethod
-    def like_existing(cls, data_dir: Path, seed: int, fraction: float) -> "HoldoutConfig":
+    def like_existing(cls, data_dir: Path, seed: int, fraction: float,
+                      competition: str | None = None) -> "HoldoutConfig":
         """seed and fraction with the other settings of data_dir's current hold-out (HOLDOUT_ARGS:
         soundscapes, duration, SNR...), so a rebuild changes only which recordings it mixes; with
-        none yet, `make holdout`'s defaults (the competition's test soundscape length)."""
+        none yet, `make holdout`'s defaults (the length of the competition's test soundscapes:
+        `competition`, else the one data_dir's name says)."""
         path = Workspace.of(data_dir).holdout_dir / "holdout.json"
         old = json.loads(path.read_text()) if path.exists() else {}
         kept = {k: old[k] for k in ("n_soundscapes", "duration_s", "max_clip_s", "fill") if k in old}
-        kept.setdefault("duration_s", test_soundscape_s(data_dir))
+        kept.setdefault("duration_s", competition_soundscape_s(competition or competition_of(data_dir)))
         if "snr_db" in old:
             kept["snr_db"] = tuple(old["snr_db"])
         return cls(seed=seed, fraction=fraction, **kept)
@@ -509,14 +511,6 @@ def format_report(manifest: dict, solution: pd.DataFrame, classes: list[str], se
     return "\n".join(lines)
 
 
-def test_soundscape_s(data_dir: Path) -> float:
-    """The length of the competition's hidden test soundscapes (2025: 1 minute), so the local
-    score sees what Kaggle's does; 240 s where the folder names no competition."""
-    from submission.budget import kaggle_test_set  # the competitions' test-set facts
-
-    return kaggle_test_set(competition_of(data_dir)).soundscape_s
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m data.holdout",
@@ -531,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soundscapes", type=int, default=None,
                    help="number of soundscapes (default: enough to use every held-out recording once)")
     p.add_argument("--duration-s", type=float, default=None,
-                   help="soundscape length, a multiple of 5 s (default: the competition's test soundscapes, "
-                        "60 for a folder named birdclef-2025, 600 for birdclef-2023, else 240)")
+                   help="soundscape length, a multiple of 5 s (default: the competition's test soundscapes: "
+                        "60 for birdclef-2025, 600 for birdclef-2023, else 240)")
+    p.add_argument("--competition", help="the Kaggle competition whose test soundscapes to imitate (default: the "
+                                         "--data folder's name where it is one, e.g. data/birdclef-2025)")
     p.add_argument("--snr-db-min", type=float, default=-5.0, help="lowest call SNR in dB (default -5)")
     p.add_argument("--snr-db-max", type=float, default=15.0, help="highest call SNR in dB (default 15)")
     p.add_argument("--max-clip-s", type=float, default=30.0, help="longest excerpt of one recording (default 30)")
@@ -540,8 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.perf_counter()
     try:
+        if args.duration_s is None:
+            args.duration_s = competition_soundscape_s(args.competition or competition_of(args.data))
         cfg = HoldoutConfig(seed=args.seed, fraction=args.fraction, n_soundscapes=args.soundscapes,
-                            duration_s=args.duration_s or test_soundscape_s(args.data), snr_db=(args.snr_db_min, args.snr_db_max),
+                            duration_s=args.duration_s, snr_db=(args.snr_db_min, args.snr_db_max),
                             max_clip_s=args.max_clip_s)
         out_dir = Workspace.of(args.data).holdout_dir
         manifest = build_holdout(args.data, cfg, out_dir, progress=not args.quiet)

@@ -29,6 +29,9 @@ METADATA_NAMES = ("train_metadata.csv", "train.csv")
 UNLABELED_SOUNDSCAPE_DIRS = ("unlabeled_soundscapes", "train_soundscapes")
 REQUIRED_ENTRIES = ["train_audio", " or ".join(METADATA_NAMES), "sample_submission.csv"]
 DEFAULT_COMPETITION = "birdclef-2024"
+# The length of each competition's hidden test soundscapes (its data page); 2024's for one the kit
+# does not know. submission.budget's test sets and `make holdout`'s default length read it.
+TEST_SOUNDSCAPE_S = {"birdclef-2023": 600.0, "birdclef-2024": 240.0, "birdclef-2025": 60.0}
 # 2021 and 2022 scored a long table (row_id + the species heard); the kit writes one column per class.
 LONG_SUBMISSION_COLUMNS = {"target", "birds"}
 AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
@@ -68,6 +71,11 @@ def competition_of(data_dir: Path | str) -> str:
     competition (data/birdclef-2025), else DEFAULT_COMPETITION. The packaged notebook attaches it."""
     name = Path(data_dir).resolve().name
     return name if re.fullmatch(r"birdclef-20\d\d", name) else DEFAULT_COMPETITION
+
+
+def competition_soundscape_s(competition: str) -> float:
+    """Seconds per hidden test soundscape of a competition (240, 2024's, where the kit does not know it)."""
+    return TEST_SOUNDSCAPE_S.get(competition, TEST_SOUNDSCAPE_S[DEFAULT_COMPETITION])
 
 
 def missing_entries(data_dir: Path) -> list[str]:

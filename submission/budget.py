@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from data.features import FeatureConfig, audio_to_features, load_audio
+from data.layout import TEST_SOUNDSCAPE_S
 from submission.infer import DEADLINE_MARGIN_MIN, EXPECTED_SOUNDSCAPE_S, KAGGLE_LIMIT_MIN
 
 KAGGLE_SOUNDSCAPES = 1100
@@ -40,9 +41,9 @@ class KaggleTestSet:
 
 DEFAULT_TEST_SET = KaggleTestSet(KAGGLE_SOUNDSCAPES, MEASURED_SOUNDSCAPE_S, KAGGLE_LIMIT_MIN)  # 2024
 # From each year's data page ("approximately 200 recordings ... 10 minutes long" in 2023).
-KAGGLE_TEST_SETS = {"birdclef-2023": KaggleTestSet(200, 600.0, KAGGLE_LIMIT_MIN),
+KAGGLE_TEST_SETS = {"birdclef-2023": KaggleTestSet(200, TEST_SOUNDSCAPE_S["birdclef-2023"], KAGGLE_LIMIT_MIN),
                     "birdclef-2024": DEFAULT_TEST_SET,
-                    "birdclef-2025": KaggleTestSet(700, 60.0, 90.0)}
+                    "birdclef-2025": KaggleTestSet(700, TEST_SOUNDSCAPE_S["birdclef-2025"], 90.0)}
 # A competition the kit does not know (a new year): the most audio and the shortest limit known,
 # so neither the ensemble's projection nor the notebook's guard is too hopeful.
 UNKNOWN_TEST_SET = KaggleTestSet(round(max(t.soundscapes * t.soundscape_s for t in KAGGLE_TEST_SETS.values())

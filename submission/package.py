@@ -246,7 +246,8 @@ def build_withheld_holdout(members: list[tuple[Path, dict]], cfg: PackageConfig,
     fraction, seed = split
     print(f"package: {why}: building them from the recordings the runs withheld "
           f"(`make holdout`, fraction {fraction:g}, seed {seed})")
-    build_holdout(cfg.data_dir, HoldoutConfig.like_existing(cfg.data_dir, seed=seed, fraction=fraction))
+    build_holdout(cfg.data_dir, HoldoutConfig.like_existing(cfg.data_dir, seed=seed, fraction=fraction,
+                                                            competition=cfg.competition))
     return labelled_soundscapes(cfg, "an ensemble")
 
 

@@ -229,6 +229,8 @@ def test_a_rebuilt_hold_out_keeps_the_existing_ones_settings_or_takes_the_compet
     data = tmp_path / "birdclef-2025"
     fresh = HoldoutConfig.like_existing(data, seed=3, fraction=0.2)
     assert (fresh.seed, fresh.fraction, fresh.duration_s, fresh.n_soundscapes) == (3, 0.2, 60.0, None)
+    assert HoldoutConfig.like_existing(tmp_path / "elsewhere", 3, 0.2, competition="birdclef-2025").duration_s == 60.0
+    assert HoldoutConfig.like_existing(tmp_path / "elsewhere", 3, 0.2).duration_s == 240.0
     Workspace.of(data).holdout_dir.mkdir(parents=True)
     (Workspace.of(data).holdout_dir / "holdout.json").write_text(json.dumps(
         {"seed": 0, "fraction": 0.15, "duration_s": 120.0, "n_soundscapes": 2, "snr_db": [0.0, 5.0]}))

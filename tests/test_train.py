@@ -71,3 +71,23 @@ def test_an_unknown_model_is_refused_before_any_work(tiny_dataset):
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0
     assert "invalid choice: 'vgg16'" in out.stderr and "simple_cnn" in out.stderr
+
+
+def test_validation_runs_outside_autocast_as_the_exported_model_does(monkeypatch):
+    """On a GPU training runs under bf16 autocast; validation must not: bf16 logits tie scores and
+    move the recorded metrics away from the fp32 ONNX model's (on CPU autocast_for does nothing,
+    so the test makes entering it fail)."""
+    import numpy as np
+    import torch
+
+    import train.loop as loop
+    from train.config import TrainConfig
+
+    def autocast_refused(*args, **kwargs):
+        raise AssertionError("validation entered autocast")
+
+    monkeypatch.setattr(loop, "autocast_for", autocast_refused)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    loader = [(torch.rand(2, 2, 4), torch.tensor([0, 2]), torch.eye(3)[[0, 2]])]  # [B, M, T], [B], [B, C]
+    loss, logits = loop.predict(model, loader, TrainConfig(model="simple_cnn", data_dir="."), torch.device("cpu"))
+    assert logits.shape == (2, 3) and logits.dtype == np.float32 and np.isfinite(loss)

@@ -100,10 +100,10 @@ def test_make_export_and_package_train_what_make_train_would_when_nothing_is_tra
     assert shlex.split(train_args)[-2:] == ["--note", "a b"]  # TRAIN_ARGS's own quotes survive the trip
 
 
-def test_make_passes_a_competition_the_user_names_to_package_and_score_and_otherwise_none():
-    named = make_dry_run("package", "score", "COMPETITION=birdclef-2025", "DATA=elsewhere").splitlines()
-    unnamed = make_dry_run("package", "score", "DATA=elsewhere").splitlines()
-    for module in ("submission.package", "submission.score"):
+def test_make_passes_a_competition_the_user_names_to_package_holdout_and_score_and_otherwise_none():
+    named = make_dry_run("package", "holdout", "score", "COMPETITION=birdclef-2025", "DATA=elsewhere").splitlines()
+    unnamed = make_dry_run("package", "holdout", "score", "DATA=elsewhere").splitlines()
+    for module in ("submission.package", "data.holdout", "submission.score"):
         assert [line for line in named if module in line][0].split()[-1] == "birdclef-2025"
         assert "--competition" not in [line for line in unnamed if module in line][0]
 

@@ -165,7 +165,7 @@ def predict(model, loader, cfg: TrainConfig, device) -> tuple[float, np.ndarray]
     for x, labels, targets in loader:  # [B, M, T], [B], [B, C]
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
         x = x.float()
-        logits = model(x).float()  # fp32, as the exported ONNX model runs: bf16 logits would tie scores
+        logits = model(x).float()  # no autocast: bf16 logits would tie scores the fp32 ONNX model keeps apart
         total += loss_fn(cfg, logits, batch_targets(cfg, labels, targets)).item() * len(x)
         n += len(x)
         out.append(logits.cpu())
