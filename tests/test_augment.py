@@ -95,3 +95,29 @@ def test_a_time_shift_beyond_the_window_is_refused_with_the_valid_range():
     assert config_for("simple_cnn", "data", time_shift=0.5).time_shift == 0.5
     with pytest.raises(ValueError, match=r"share of the window in \[0, 1\]"):
         config_for("simple_cnn", "data", time_shift=1.5)
+
+
+def test_power_mixing_adds_the_partner_at_the_drawn_level_below_in_power_not_in_amplitude():
+    seed = next(s for s in range(100) if torch.randperm(2, generator=_after_rand(s, 2)).tolist() == [1, 0])
+    x = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # [B=2, M=1, T=2]: each loud where the other is silent
+    y = torch.eye(2)
+    mx, my = power_mix(x, y, (10.0, 10.0), top_db=80.0, gen=torch.Generator().manual_seed(seed))
+    # the partner's frame 10 dB below the window's peak: (-10 + 80) / 80 = 0.875
+    assert torch.allclose(mx, torch.tensor([[[1.0, 0.875]], [[0.875, 1.0]]]), atol=1e-4)
+    assert torch.equal(my, torch.ones(2, 2))
+
+
+def _after_rand(seed: int, b: int) -> torch.Generator:
+    g = torch.Generator().manual_seed(seed)
+    torch.rand(b, generator=g)  # power_mix draws the SNRs first, then the partners
+    return g
+
+
+def test_a_time_shift_moves_windows_earlier_as_well_as_later():
+    from train.augment import time_shift
+
+    x = torch.arange(64 * 20, dtype=torch.float32).view(64, 1, 20)
+    shifted = time_shift(x, torch.Generator().manual_seed(0), max_frac=0.25)
+    rolls = [next(k for k in range(-5, 6) if torch.equal(torch.roll(w, k, dims=1), s)) for w, s in zip(x, shifted)]
+    assert min(rolls) < 0 < max(rolls)
+    assert min(rolls) >= -5 and max(rolls) <= 5

@@ -611,3 +611,22 @@ def test_the_command_line_has_help_naming_every_option():
     assert result.returncode == 0
     for option in ("--competition", "--out", "--zip", "--force", "--retries"):
         assert option in result.stdout
+
+
+def test_kaggle_username_and_key_in_the_environment_win_over_kaggle_json(tmp_path, monkeypatch):
+    from data.download import find_credentials
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "kaggle.json").write_text('{"username": "fileuser", "key": "filekey"}')
+    (tmp_path / "cfg" / "kaggle.json").chmod(0o600)
+    monkeypatch.setenv("KAGGLE_USERNAME", "envuser")
+    monkeypatch.setenv("KAGGLE_KEY", "envkey")
+    creds = find_credentials()  # the kaggle client sends the environment's: those are the ones to name and hide
+    assert (creds.username, creds.secret, creds.source) == ("envuser", "envkey", "KAGGLE_USERNAME/KAGGLE_KEY")
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    creds = find_credentials()
+    assert (creds.username, creds.secret, creds.source) == ("fileuser", "filekey", str(tmp_path / "cfg" / "kaggle.json"))

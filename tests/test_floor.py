@@ -154,3 +154,17 @@ def test_the_floor_on_real_recordings_lands_in_a_plausible_range(realbirds):
     assert 0.4 <= result["accuracy"]["mean"] <= 0.9  # 37 classes: chance is under 0.1
     assert 0.8 <= result["roc_auc"]["mean"] <= 1.0
     assert result["reference"] == {"accuracy": 0.625, "roc_auc": 0.924} and result["all_converged"]
+
+
+def test_the_floor_standardises_with_the_training_rows_statistics_only():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    X = rng.normal(size=(60, 4)) + y[:, None]
+    X_test = rng.normal(size=(7, 4)) * 5 + 10.0  # another scale and offset: must not move the training scale
+    probs, _ = fit_predict(X, y, X_test, n_classes=3, cfg=FloorConfig())
+    scaler = StandardScaler().fit(X)
+    expected = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(X), y).predict_proba(scaler.transform(X_test))
+    assert np.allclose(probs, expected, atol=1e-6)

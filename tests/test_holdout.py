@@ -259,3 +259,24 @@ def test_real_recordings_make_scorable_soundscapes(realbirds, tmp_path, monkeypa
     assert (solution.iloc[:, 1:].sum() > 0).sum() >= 5  # several classes are scorable
     assert set(labelled.recordings) <= set(holdout_recordings(read_metadata(realbirds), 0.15, 0))
     assert "no held-out recording" in capsys.readouterr().out
+
+
+def test_a_recording_is_levelled_against_the_background_not_against_calls_placed_before_it():
+    sr = holdout.SAMPLE_RATE_HZ
+    rng = np.random.default_rng(3)
+    background = holdout.pink_noise(20 * sr, rng, rms=0.02)
+    t = np.arange(20 * sr) / sr
+    earlier = (0.2 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)  # a loud call placed before, everywhere
+    track = background + earlier
+    recording = rng.normal(0.0, 1e-4, 4 * sr).astype(np.float32)  # a quiet recording around its call
+    tt = np.arange(int(1.5 * sr)) / sr
+    recording[sr:sr + len(tt)] = 0.5 * np.sin(2 * np.pi * 2500 * tt)
+    placed = holdout.place_recording(track, background, recording, "x/a.ogg", "x", HoldoutConfig(snr_db=(6.0, 6.0)),
+                                     rng)
+    assert placed is not None and placed.snr_db == 6.0
+    (ev,) = placed.events
+    call = slice(int(round(ev.start_s * sr)), int(round(ev.end_s * sr)))
+    start = int(round(placed.start_s * sr))
+    local = holdout.band_power(background[start:start + len(recording)])
+    added = holdout.band_power((track - background - earlier)[call])
+    assert 10 * np.log10(added / local) == pytest.approx(6.0, abs=0.5)

@@ -695,3 +695,13 @@ def test_the_logged_training_loss_is_the_mean_over_every_processs_windows(tmp_pa
     assert out.returncode == 0, out.stderr[-3000:]
     # (1 x 1.0 + 3 x 3.0) / 4 windows = 2.5 on both ranks; not rank 0's own 1.0
     assert "rank 0: train_loss 2.5000" in out.stderr and "rank 1: train_loss 2.5000" in out.stderr
+
+
+def test_processes_take_equal_shares_when_the_windows_do_not_divide_by_the_number_of_processes():
+    from train.data import EpochSampler
+
+    shards = [EpochSampler(10, 2, seed=0, rank=r, world=3) for r in range(3)]
+    parts = [s.indices() for s in shards]
+    assert [len(p) for p in parts] == [4, 4, 4]  # 10 windows padded to 12: every process takes as many steps
+    assert [len(list(s)) for s in shards] == [len(s) for s in shards] == [2, 2, 2]
+    assert set(np.concatenate(parts).tolist()) == set(range(10))

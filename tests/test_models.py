@@ -102,3 +102,22 @@ def test_simple_cnn_has_the_design_notes_layers():
     assert len(pools) == 3
     assert [lin.out_features for lin in linears] == [256, 10]
     assert [d.p for d in dropouts] == [0.5]
+
+
+def test_each_architecture_gets_its_standard_input_size():
+    feats = torch.rand(1, 128, 313)
+    sizes = {name: tuple(build_model(name, 3).adapt(feats).shape[-2:])
+             for name in ("simple_cnn", "resnet18", "inception_v3", "efficientnet_b0")}
+    assert sizes == {"simple_cnn": (128, 128), "resnet18": (224, 224), "inception_v3": (299, 299),
+                     "efficientnet_b0": (224, 224)}
+
+
+def test_imagenet_backbones_see_the_grey_window_on_three_channels_normalised_by_imagenet_statistics():
+    feats = torch.full((1, 128, 313), 0.5)
+    x = build_model("resnet18", 3).adapt(feats)
+    assert x.shape == (1, 3, 224, 224)
+    expected = [(0.5 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    assert [float(x[0, c].mean()) for c in range(3)] == pytest.approx(expected, abs=1e-5)
+    assert float(x.std()) == pytest.approx(float(torch.tensor(expected).std(unbiased=False)), abs=1e-3)
+    grey = build_model("simple_cnn", 3).adapt(feats)
+    assert grey.shape == (1, 1, 128, 128) and torch.allclose(grey, torch.full_like(grey, 0.5))

@@ -254,3 +254,20 @@ def test_an_ensemble_of_fast_models_runs_in_whole_soundscape_workers_though_thei
     slow = Ensemble([*fast, replace(model, name="slow", ms_per_window=2 * POOL_MAX_MS_PER_WINDOW)])
     assert RunSettings().parallel_soundscapes(ensemble.slowest_ms_per_window) > 0
     assert RunSettings().parallel_soundscapes(slow.slowest_ms_per_window) == 0
+
+
+def test_the_guard_paces_the_last_window_of_soundscapes_and_steps_down_once_the_projection_passes_the_deadline(
+        monkeypatch):
+    import submission.infer as infer
+    from submission.infer import Guard, Level
+
+    clock = iter([10.0, 20.0, 30.0])
+    monkeypatch.setattr(infer.time, "perf_counter", lambda: next(clock))
+    guard = Guard(deadline_s=100.0, n_total=10, levels=[Level("full", None, None), Level("cheap", None, None)],
+                  window=2, t0=0.0)
+    guard.record(1)  # at 10 s
+    guard.record(2)  # at 20 s: no window finished yet, 20 s < 95 s
+    assert guard.level == 0 and guard.pace_s() is None
+    guard.record(3)  # at 30 s: 10 s per soundscape, 30 + 7 * 10 = 100 s > 95% of 100 s
+    assert guard.level == 1
+    assert guard.switches == ["after 3 soundscapes, 30 s: projected 1.7 min > deadline 1.7 min -> cheap"]

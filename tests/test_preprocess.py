@@ -139,3 +139,45 @@ def test_a_malformed_shard_is_refused_with_the_expected_form():
         parse_shard("half")
     with pytest.raises(SystemExit, match="need 0 <= i < n"):
         parse_shard("4/4")
+
+
+def test_a_torn_last_line_of_the_journal_is_dropped_and_the_next_recording_starts_a_line_of_its_own(tmp_path):
+    from data.preprocess import CacheWriter
+
+    cfg = FeatureConfig(n_mels=4, window_s=0.1)  # rows of [4, 7]
+
+    def rows(n: int, value: float) -> np.ndarray:
+        return np.full((n, *cfg.shape), value, np.float32)
+
+    cache = tmp_path / "cache"
+    writer = CacheWriter(cache, cfg)
+    writer.add("a.ogg", "ok", rows(2, 0.25))
+    writer.add("b.ogg", "ok", rows(1, 0.5))
+    writer.close()
+    with open(cache / "entries.csv", "a") as f:  # a run killed while it wrote c.ogg's line
+        f.write("c.ogg,ok,3")
+    with open(cache / "features.f16", "ab") as f:  # ... after c.ogg's rows
+        f.write(np.zeros((1, *cfg.shape), np.float16).tobytes())
+
+    writer = CacheWriter(cache, cfg)
+    assert writer.done == {"a.ogg", "b.ogg"} and writer.n_rows == 3
+    writer.add("c.ogg", "ok", rows(1, 0.75))
+    writer.close()
+    entries = read_entries(cache)
+    assert entries.filename.tolist() == ["a.ogg", "b.ogg", "c.ogg"]
+    assert entries.first_row.tolist() == [0, 2, 3] and entries.n_windows.tolist() == [2, 1, 1]
+    read = FeatureCache.open(cache)
+    assert np.asarray(read.windows[list(read.rows_of("c.ogg"))], np.float32).tolist() == rows(1, 0.75).tolist()
+    assert (cache / "features.f16").stat().st_size == 4 * 4 * 7 * 2
+
+
+def test_a_new_version_of_the_feature_code_gets_a_new_cache_fingerprint(monkeypatch):
+    import data.features as features
+
+    v1 = FeatureConfig().fingerprint()
+    monkeypatch.setattr(features, "FEATURES_VERSION", features.FEATURES_VERSION + 1)
+    assert FeatureConfig().fingerprint() != v1  # changed code, same fields: the old cache must not be reused
+    monkeypatch.undo()
+    assert FeatureConfig().fingerprint() == v1
+    for change in ({"n_mels": 64}, {"fmin_hz": 50.0}, {"hop_length": 256}, {"top_db": 60.0}, {"min_tail_s": 2.0}):
+        assert FeatureConfig(**change).fingerprint() != v1, change

@@ -120,3 +120,12 @@ def test_the_confusion_plot_names_every_one_of_birdclef_2024s_182_classes_and_th
     step, fontsize = tick_labels(182, 27.0)  # 2024's classes on the plot's largest figure
     assert step == 1 and 4.0 <= fontsize < 7.0
     assert tick_labels(1000, 27.0) == (4, 4.0)  # too many to name them all legibly: every 4th at 4 pt
+
+
+def test_the_report_lists_the_runs_best_val_roc_auc_first():
+    def run(name, auc):
+        return {"run": name, "model": "simple_cnn", "epochs": 2, "val_accuracy": 0.5, "val_roc_auc": auc,
+                "train_samples_per_s": 100.0}
+
+    text = format_table([run("middling", 0.8), run("best", 0.9), run("worst", 0.6)])
+    assert [line.split()[0] for line in text.splitlines()[2:]] == ["best", "middling", "worst"]

@@ -1,6 +1,7 @@
 """The notebook's output format, post-processing, and the export's refusal to ship a mismatch."""
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -306,6 +307,11 @@ def test_scoring_refuses_an_ensemble_whose_any_member_trained_on_a_held_out_reco
         check_no_leak(labelled, dataset, ws)
     manifest.write_text(json.dumps({"run": "clean-run", "models": [clean]}))
     check_no_leak(labelled, dataset, ws)  # the clean member alone passes
+    (ws.runs_dir / "val-run").mkdir()
+    (ws.runs_dir / "val-run" / "split.json").write_text(json.dumps({"train": ["a/1.ogg"], "val": ["b/7.ogg"]}))
+    manifest.write_text(json.dumps({"run": "val-run", "models": [{"model_name": "efficientnet_b0", "run": "val-run"}]}))
+    with pytest.raises(ScoreError, match=r"efficientnet_b0 \(val-run\) trained on 1 recording"):
+        check_no_leak(labelled, dataset, ws)  # validated on it: its best epoch was chosen on that recording
 
 
 def test_a_model_whose_classes_differ_from_sample_submission_is_refused_naming_both(two_exports, tmp_path):
@@ -361,3 +367,62 @@ def test_the_notebook_reads_its_own_competition_among_several_in_either_kaggle_m
     assert find_competition(tmp_path, "birdclef-2024") == tmp_path / layout.format(slug="birdclef-2024")
     assert find_competition(tmp_path, "birdclef-2025") == tmp_path / layout.format(slug="birdclef-2023")
     assert "warning: birdclef-2025 is not attached; of 2 competitions found" in capsys.readouterr().err
+
+
+def kit_interface_onnx(path: Path, n_mels: int, n_frames: int, n_classes: int) -> Path:
+    """A graph of the kit's interface: features [batch, n_mels, n_frames] -> probabilities [batch, classes]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.linspace(-1, 1, n_mels * n_classes, dtype=np.float32).reshape(n_mels, n_classes),
+                                     "weight")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["features"], ["bands"], axes=[2], keepdims=0),
+         helper.make_node("MatMul", ["bands", "weight"], ["logits"]),
+         helper.make_node("Sigmoid", ["logits"], ["probabilities"])],
+        "tiny", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_mels, n_frames])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", n_classes])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_notebook_rebuilds_the_training_features_and_classes_from_the_onnx_metadata(tmp_path):
+    from data.features import FeatureConfig
+    from export.to_onnx import metadata, write_metadata
+    from submission.infer import KitModel
+    from train.config import config_for
+
+    features = FeatureConfig(n_mels=64, fmin_hz=150.0, denoise="spectral")
+    cfg = config_for("simple_cnn", str(tmp_path / "birds"), features=features)
+    classes = ["amerob", "barswa", "comkin"]
+    run = SimpleNamespace(cfg=cfg, classes=classes, run_dir=tmp_path / "simple_cnn-1", net=SimpleNamespace(activation="sigmoid"),
+                          checkpoint={"epoch": 3, "metrics": {"val_accuracy": 0.5, "val_roc_auc": 0.75}})
+    path = kit_interface_onnx(tmp_path / "model.onnx", features.n_mels, features.n_frames, len(classes))
+    write_metadata(path, metadata(run))
+    model = KitModel.load(path, threads=1, measure=False)
+    assert model.features == features and model.classes == classes and model.name == "simple_cnn"
+    assert model.predict(np.zeros((3, *features.shape), np.float32)).shape == (3, 3)
+
+
+@pytest.mark.parametrize("float_score, int8_score, ships", [(0.80, 0.79, "float"), (0.80, 0.797, "int8"),
+                                                             (0.80, 0.82, "int8")])
+def test_int8_ships_only_where_it_loses_at_most_0_005_of_the_float_models_local_score(
+        tmp_path, monkeypatch, float_score, int8_score, ships):
+    import shutil
+
+    import submission.quantize as quantize
+    from data.features import FeatureConfig
+    from export.to_onnx import write_metadata
+
+    features = FeatureConfig(n_mels=8, window_s=0.5)
+    path = kit_interface_onnx(tmp_path / "model.onnx", features.n_mels, features.n_frames, 2)
+    write_metadata(path, {"features": json.dumps(features.to_dict()), "classes": json.dumps(["a", "b"])})
+    monkeypatch.setattr(quantize, "calibration_windows", lambda data_dir, f: np.zeros((8, *f.shape), np.float32))
+    monkeypatch.setattr(quantize, "quantize_int8", lambda onnx_path, windows, out: Path(shutil.copy(onnx_path, out)))
+    monkeypatch.setattr(quantize, "local_score",
+                        lambda p, *a: int8_score if p.name.endswith(".int8.onnx") else float_score)
+    verdict = quantize.try_int8(path, tmp_path, tmp_path, tmp_path / "solution.csv", tmp_path)
+    assert verdict.ship.name == ("model.int8.onnx" if ships == "int8" else "model.onnx")
+    assert verdict.drop == pytest.approx(float_score - int8_score)

@@ -91,3 +91,44 @@ def test_validation_runs_outside_autocast_as_the_exported_model_does(monkeypatch
     loader = [(torch.rand(2, 2, 4), torch.tensor([0, 2]), torch.eye(3)[[0, 2]])]  # [B, M, T], [B], [B, C]
     loss, logits = loop.predict(model, loader, TrainConfig(model="simple_cnn", data_dir="."), torch.device("cpu"))
     assert logits.shape == (2, 3) and logits.dtype == np.float32 and np.isfinite(loss)
+
+
+def test_best_pt_is_the_epoch_with_the_best_val_roc_auc_even_when_a_later_one_is_more_accurate(
+        tiny_dataset, tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    import train.loop as loop
+    from data.features import FeatureConfig
+    from data.layout import class_list, read_metadata
+    from data.preprocess import PreprocessConfig, ensure_cache
+    from train.config import config_for
+    from train.metrics import accuracy, macro_roc_auc
+
+    cfg = config_for("simple_cnn", str(tiny_dataset), epochs=2, pretrained=False, device="cpu",
+                     max_windows_per_recording=1, holdout_fraction=0.0)
+    cache = ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
+    n_classes = len(class_list(read_metadata(tiny_dataset)))
+    scripted = {}
+
+    def scripted_predict(model, val_loader, cfg, device):  # epoch 1: AUC 1, low accuracy; epoch 2: the reverse
+        labels = torch.cat([lab for _, lab, _ in val_loader]).numpy()
+        n, c = len(labels), n_classes
+        if not scripted:
+            logits = np.eye(c)[labels]
+            logits[:, 0] += 2.0  # every window's top class is 0, yet each class ranks its own windows first
+        else:
+            logits = np.zeros((n, c))
+            loud = np.where(np.arange(n) % 2 == 0, 0.2, 6.0)  # right top class, scores unranked across windows
+            logits[np.arange(n), labels] = loud
+            logits[np.arange(n), (labels + 1) % c] = loud - 0.1
+        probs = loop.probabilities(cfg.output_activation(), torch.from_numpy(logits)).numpy()
+        scripted[len(scripted) + 1] = (macro_roc_auc(np.eye(c)[labels], probs), accuracy(labels, probs))
+        return 0.0, logits.astype(np.float32)
+
+    monkeypatch.setattr(loop, "predict", scripted_predict)
+    summary = loop.fit(cfg, cache, tmp_path / "run")
+    (auc1, acc1), (auc2, acc2) = scripted[1], scripted[2]
+    assert auc1 == 1.0 and auc2 < auc1 and acc2 == 1.0 and acc1 < acc2  # the script did what it says
+    assert summary["best_epoch"] == 1 and summary["val_roc_auc"] == 1.0
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["epoch"] == 1

@@ -415,3 +415,16 @@ def test_the_command_line_has_help_naming_every_option():
     assert result.returncode == 0
     for option in ("--dist", "--message", "--public", "--notebook-only", "--wait-s"):
         assert option in result.stdout
+
+
+def test_a_dataset_kaggle_reports_deleted_stops_the_wait_at_once_naming_the_status():
+    from data.download import Credentials
+    from submission.upload import UploadError, wait_until_ready
+
+    class Api:
+        def dataset_status(self, ref, format=None):
+            return json.dumps({"status": "deleted", "current_version_number": 2})
+
+    with pytest.raises(UploadError, match=r"could not process the dataset me/birds \(status: deleted\)"):
+        wait_until_ready(Api(), "me/birds", Credentials("test"), timeout_s=600, poll_s=10,
+                         sleep=lambda s: pytest.fail("waited on a deleted dataset"), clock=lambda: 0.0)

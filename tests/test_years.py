@@ -204,3 +204,10 @@ def test_packaging_for_a_competition_the_kit_does_not_know_says_which_limit_it_a
             "known (90 minutes: deadline 80)") in capsys.readouterr().err
     manifest = json.loads((tmp_path / "dist" / "dataset" / "birdkit.json").read_text())
     assert manifest["runtime"]["deadline_s"] == 80 * 60
+
+
+def test_make_generates_the_sample_where_it_is_missing_rather_than_downloading_it(tmp_path):
+    sample = tmp_path / "sample"
+    dry = make_dry_run("train", f"DATA={sample}", f"SAMPLE={sample}")
+    assert f"-m data.synth --out {sample}" in dry and "data.download" not in dry
+    assert dry.index("data.synth") < dry.index(f"-m train --data {sample}")
