@@ -298,3 +298,42 @@ def test_a_bench_step_that_only_runs_out_of_time_keeps_the_workers_for_training(
 
     (config,) = [json.loads(c.read_text()) for c in (output_root() / "train" / "runs").rglob("config.json")]
     assert config["num_workers"] == -1  # the default: 4 workers on CUDA
+
+
+def test_the_preprocess_bench_totals_every_stage_of_a_pass_decode_included():
+    from bench.preprocess import PROJECTION_CORES, summarise
+
+    raw = {"mode": "none", "passes": [[60.0, 1.0, 0.0, 2.0], [60.0, 1.0, 0.0, 3.0], [60.0, 2.0, 0.0, 2.0]],
+           "soundscape": [[240.0, 4.0, 0.0, 8.0]], "rss_peak_mib": 300.0, "rss_baseline_mib": 200.0,
+           "peak_excludes_imports": True}
+    s = summarise(raw, train_hours=16.0)
+    assert s["seconds"] == {"decode": 1.0, "denoise": 0.0, "mel": 2.0, "total": 4.0}  # the median pass: 1 + 0 + 3
+    assert s["x_real_time_per_core"] == pytest.approx(15.0)
+    assert s["x_real_time_per_repeat"] == pytest.approx([20.0, 15.0, 15.0])
+    assert s["train_set_projection_h"] == pytest.approx(16.0 / (15.0 * PROJECTION_CORES))
+    assert s["soundscape"]["seconds"]["total"] == 12.0 and s["rss_working_mib"] == 100.0
+
+
+def test_the_inference_bench_reports_kaggles_peak_memory_from_the_run_with_kaggles_process_count(tmp_path, monkeypatch):
+    import bench.infer as bench_infer
+    from bench.infer import Benched, bench_model
+    from tests.test_submission import tiny_kit_model
+
+    model = tiny_kit_model(tmp_path)
+    runs = []
+
+    def fake_pipeline(onnx_paths, test_dir, combine="mean", **settings):
+        runs.append(settings)
+        kaggle = bool(settings)  # the second run: Kaggle's 4 cores' worth of processes
+        return {"wall_s": 4.0, "soundscapes": 3, "done_s": [1.0, 2.0, 3.0], "feature_workers": 1, "model_threads": 2,
+                "soundscape_workers": 0, "peak_bytes": 3.2e9 if kaggle else 1.1e9}
+
+    monkeypatch.setattr(bench_infer, "pipeline", fake_pipeline)
+    monkeypatch.setattr(bench_infer, "feature_seconds_per_soundscape", lambda path, cfg: (0.5, 1.5))
+    monkeypatch.setattr(bench_infer, "model_seconds_per_soundscape", lambda path, threads: 4.0 / threads)
+    monkeypatch.setattr(bench_infer, "model_per_core_s", lambda paths, cores, soundscapes=2: 0.8)
+    row = bench_model(Benched("tiny", [model.path]), [tmp_path / "s.ogg"])
+
+    assert runs[1] == {"feature_workers": bench_infer.KAGGLE_CORES // 2, "soundscape_workers": 0}
+    assert row["peak_gb"] == pytest.approx(1.1) and row["kaggle_peak_gb"] == pytest.approx(3.2)
+    assert row["model_all_cores_s"] == 0.8 and row["overhead"] == pytest.approx(row["pipeline_s"] / 0.8)

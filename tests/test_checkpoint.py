@@ -103,3 +103,14 @@ def test_best_pt_takes_the_ema_weights_from_the_epochs_snapshot_when_an_ema_is_o
     state.ema = None
     weights = state.evaluated_weights(state.snapshot(data.classes))
     assert all(torch.equal(weights[k], raw[k]) for k in raw)
+
+
+def test_a_checkpoint_snapshot_keeps_lists_as_they_were_when_the_epoch_ended():
+    history = [{"epoch": 1, "val_roc_auc": 0.5}]
+    streams = [{"torch_rng": torch.tensor([1.0, 2.0])}]
+    snap = host_copy({"history": history, "random_streams": streams, "pair": (torch.tensor([3.0]), 4)})
+    history.append({"epoch": 2, "val_roc_auc": 0.6})  # the next epoch goes on while last.pt is written
+    streams[0]["torch_rng"].add_(10)
+    assert snap["history"] == [{"epoch": 1, "val_roc_auc": 0.5}]
+    assert snap["random_streams"][0]["torch_rng"].tolist() == [1.0, 2.0]
+    assert isinstance(snap["pair"], tuple) and snap["pair"][0].tolist() == [3.0]

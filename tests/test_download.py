@@ -630,3 +630,35 @@ def test_kaggle_username_and_key_in_the_environment_win_over_kaggle_json(tmp_pat
     monkeypatch.delenv("KAGGLE_KEY")
     creds = find_credentials()
     assert (creds.username, creds.secret, creds.source) == ("fileuser", "filekey", str(tmp_path / "cfg" / "kaggle.json"))
+
+
+def test_a_zip_made_on_a_mac_wrapping_the_layout_in_one_folder_beside_macosx_is_unwrapped(env, dataset, tmp_path):
+    from data import download
+
+    manual = env / "mac.zip"
+    with zipfile.ZipFile(io.BytesIO(zip_folder(dataset))) as src, zipfile.ZipFile(manual, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(f"{COMPETITION}/{info.filename}", src.read(info))
+        dst.writestr(f"__MACOSX/{COMPETITION}/._train_metadata.csv", b"\x00\x05\x16\x07")  # Finder's resource forks
+
+    assert download.main(["--zip", str(manual), "--out", str(env / "data")]) == 0
+
+    assert tree(env / "data") == tree(dataset)
+
+
+def test_resuming_a_download_needs_free_space_only_for_what_is_still_to_come(env, fake, archive, dataset,
+                                                                             monkeypatch, capsys):
+    from data import download
+
+    fake.drop_after = len(archive) * 3 // 4
+    out = env / COMPETITION
+    partial = env / f"{COMPETITION}.partial" / f"{COMPETITION}.zip"
+    assert run(out, "--retries", "0") == 1
+    kept = partial.stat().st_size
+    assert 0 < kept < len(archive)
+    # Room for the rest of the zip and its contents, not for the whole zip again.
+    monkeypatch.setattr(download, "free_bytes", lambda path: int(len(archive) * download.SPACE_FACTOR) - kept + 1)
+
+    assert run(out, "--retries", "0") == 0, capsys.readouterr().err
+
+    assert tree(out) == tree(dataset)

@@ -121,3 +121,10 @@ def test_imagenet_backbones_see_the_grey_window_on_three_channels_normalised_by_
     assert float(x.std()) == pytest.approx(float(torch.tensor(expected).std(unbiased=False)), abs=1e-3)
     grey = build_model("simple_cnn", 3).adapt(feats)
     assert grey.shape == (1, 1, 128, 128) and torch.allclose(grey, torch.full_like(grey, 0.5))
+
+
+def test_an_unknown_model_name_lists_every_model_the_kit_can_build():
+    with pytest.raises(ValueError) as e:
+        build_model("vgg16", 3)
+    assert str(e.value) == f"unknown model 'vgg16'; choose one of {', '.join(MODEL_NAMES)}"
+    assert "efficientnet_b0" in str(e.value)

@@ -1,5 +1,6 @@
 """The notebook under Kaggle's limits: bad test files still get their rows, the guard keeps the
 deadline, ensembles combine models."""
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +272,17 @@ def test_the_guard_paces_the_last_window_of_soundscapes_and_steps_down_once_the_
     guard.record(3)  # at 30 s: 10 s per soundscape, 30 + 7 * 10 = 100 s > 95% of 100 s
     assert guard.level == 1
     assert guard.switches == ["after 3 soundscapes, 30 s: projected 1.7 min > deadline 1.7 min -> cheap"]
+
+
+def test_the_notebook_finds_the_kit_in_kaggles_newer_datasets_owner_slug_mount(tmp_path, monkeypatch):
+    from submission import notebook
+
+    kit = tmp_path / "input" / "datasets" / "tester" / "birdclef-kit-model"  # /kaggle/input/datasets/<owner>/<slug>
+    kit.mkdir(parents=True)
+    (kit / "birdkit.json").write_text("{}")
+    monkeypatch.setenv("BIRDKIT_INPUT_DIR", str(tmp_path / "input"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    cell: dict = {}
+    exec(notebook.LOCATE, cell)
+    assert cell["kit_dir"] == kit
+    assert sys.path[0] == str(kit / "code")

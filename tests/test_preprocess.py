@@ -181,3 +181,17 @@ def test_a_new_version_of_the_feature_code_gets_a_new_cache_fingerprint(monkeypa
     assert FeatureConfig().fingerprint() == v1
     for change in ({"n_mels": 64}, {"fmin_hz": 50.0}, {"hop_length": 256}, {"top_db": 60.0}, {"min_tail_s": 2.0}):
         assert FeatureConfig(**change).fingerprint() != v1, change
+
+
+def test_progress_false_draws_no_progress_bar(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    from data.preprocess import PreprocessConfig, preprocess
+
+    data = tmp_path / "quiet"
+    shutil.copytree(tiny_dataset, data)
+    capsys.readouterr()
+    preprocess(PreprocessConfig(data, workers=1, progress=False))
+    captured = capsys.readouterr()
+    assert "features:" not in captured.err and "rec/s" not in captured.err and "windows=" not in captured.err
+    assert "recordings ->" in captured.out

@@ -3,6 +3,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
@@ -129,3 +130,28 @@ def test_the_report_lists_the_runs_best_val_roc_auc_first():
 
     text = format_table([run("middling", 0.8), run("best", 0.9), run("worst", 0.6)])
     assert [line.split()[0] for line in text.splitlines()[2:]] == ["best", "middling", "worst"]
+
+
+def test_the_loss_curves_plot_the_validation_loss_as_val_loss_and_the_training_loss_as_train_loss(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from train import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    metrics = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.9, 0.7, 0.5], "val_loss": [1.2, 1.1, 1.3],
+                            "val_accuracy": [0.2, 0.4, 0.5], "val_roc_auc": [0.6, 0.7, 0.8]})
+    plots.plot_curves(metrics, tmp_path / "curves.png", "simple_cnn on birds")
+    ax_loss, ax_metric = figures[0].axes
+    drawn = {line.get_label(): list(line.get_ydata()) for ax in (ax_loss, ax_metric) for line in ax.get_lines()}
+    assert drawn == {"train loss": [0.9, 0.7, 0.5], "val loss": [1.2, 1.1, 1.3], "val accuracy": [0.2, 0.4, 0.5],
+                     "val macro ROC-AUC": [0.6, 0.7, 0.8]}
+
+
+def test_the_top_confusions_are_the_most_frequent_mistakes_first():
+    from train.plots import confusion, top_confusions
+
+    true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1])
+    m = confusion(true, pred, 3)
+    assert top_confusions(m, ["a", "b", "c"], k=2) == [("c", "a", 3), ("a", "b", 2)]

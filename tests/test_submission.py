@@ -426,3 +426,124 @@ def test_int8_ships_only_where_it_loses_at_most_0_005_of_the_float_models_local_
     verdict = quantize.try_int8(path, tmp_path, tmp_path, tmp_path / "solution.csv", tmp_path)
     assert verdict.ship.name == ("model.int8.onnx" if ships == "int8" else "model.onnx")
     assert verdict.drop == pytest.approx(float_score - int8_score)
+
+
+@pytest.fixture
+def scored_folder(tmp_path):
+    """A dataset of two 10-s test soundscapes with labels beside it, and a packaged dist (no model needed)."""
+    from data.audio_io import write_ogg
+    from data.features import FeatureConfig
+
+    data = tmp_path / "birds"
+    (data / "test_soundscapes").mkdir(parents=True)
+    for stem in ("s1", "s2"):
+        write_ogg(data / "test_soundscapes" / f"{stem}.ogg", np.zeros(10 * 32_000, np.float32), 32_000)
+    (data / "sample_submission.csv").write_text("row_id,a,b\n")
+    (tmp_path / "birds_solution.csv").write_text(
+        "row_id,a,b\ns1_5,1,0\ns1_10,0,1\ns2_5,0,1\ns2_10,1,0\n")
+    dist = tmp_path / "dist"
+    (dist / "dataset").mkdir(parents=True)
+    (dist / "notebook").mkdir()
+    (dist / "notebook" / "kit.ipynb").write_text("{}")
+    (dist / "dataset" / "dataset-metadata.json").write_text(json.dumps({"id": "tester/birdclef-kit-model"}))
+    (dist / "dataset" / "birdkit.json").write_text(json.dumps(
+        {"model_name": "simple_cnn", "features": FeatureConfig().to_dict(), "postprocess": {}, "combine": "mean"}))
+    return data, dist
+
+
+def test_score_json_reports_each_stages_seconds_per_soundscape_from_the_notebooks_timing(scored_folder, tmp_path,
+                                                                                        monkeypatch):
+    import pandas as pd
+
+    import submission.score as score_mod
+    from data.paths import Workspace
+
+    data, dist = scored_folder
+    sub = pd.DataFrame({"row_id": ["s1_5", "s1_10", "s2_5", "s2_10"], "a": [0.9, 0.1, 0.2, 0.8],
+                        "b": [0.1, 0.9, 0.7, 0.3]})
+
+    def fake_notebook(notebook, input_dir, working, score_dir, timeout_s):
+        sub.to_csv(working / "submission.csv", index=False)
+        sub.to_csv(working / "submission_raw.csv", index=False)
+        (working / "timing.json").write_text(json.dumps({"soundscapes": 2, "total_s": 8.0, "decode_s": 1.0,
+                                                         "features_s": 3.0, "model_s": 2.0, "failures": []}))
+        return 9.5
+
+    monkeypatch.setattr(score_mod, "execute_notebook", fake_notebook)
+    ws = Workspace(data, root=tmp_path / "out")
+    result = score_mod.score(ws, "birdclef-2024", dist)
+
+    assert result["score"] == pytest.approx(1.0) and result["rows"] == 4 and result["soundscapes"] == 2
+    assert (result["seconds_per_soundscape"], result["decode_s_per_soundscape"], result["features_s_per_soundscape"],
+            result["model_s_per_soundscape"], result["notebook_wall_s"]) == (4.0, 0.5, 1.5, 1.0, 9.5)
+    assert json.loads((ws.score_dir / "score.json").read_text()) == result
+
+
+def test_a_submission_whose_class_columns_are_in_another_order_than_sample_submissions_is_refused(scored_folder):
+    import pandas as pd
+
+    from data.features import FeatureConfig
+    from submission.score import ScoreError, check_submission
+
+    data, _ = scored_folder
+    rows = ["s1_5", "s1_10", "s2_5", "s2_10"]
+    check_submission(pd.DataFrame({"row_id": rows, "a": 0.5, "b": 0.5}), data / "sample_submission.csv",
+                     data / "test_soundscapes", FeatureConfig())
+    with pytest.raises(ScoreError, match="columns differ from sample_submission.csv's"):
+        check_submission(pd.DataFrame({"row_id": rows, "b": 0.5, "a": 0.5}), data / "sample_submission.csv",
+                         data / "test_soundscapes", FeatureConfig())
+
+
+def tiny_kit_model(tmp_path: Path, n_classes: int = 3):
+    from data.features import FEATURES_VERSION, FeatureConfig
+    from export.to_onnx import write_metadata
+    from submission.infer import KitModel
+
+    features = FeatureConfig(n_mels=8, window_s=0.5)
+    path = kit_interface_onnx(tmp_path / "model.onnx", features.n_mels, features.n_frames, n_classes)
+    write_metadata(path, {"features": json.dumps(features.to_dict()), "features_version": str(FEATURES_VERSION),
+                          "classes": json.dumps([f"c{k}" for k in range(n_classes)])})
+    return KitModel.load(path, threads=1, measure=False)
+
+
+@pytest.mark.parametrize("n_windows", [1, 8, 9, 17])
+def test_the_model_scores_every_window_whatever_the_batch_boundaries(tmp_path, n_windows):
+    model = tiny_kit_model(tmp_path)
+    feats = np.random.default_rng(0).random((n_windows, *model.features.shape), dtype=np.float32)
+    probs = model.predict(feats)
+    assert model.batch_windows == 8 and probs.shape == (n_windows, 3)
+    one_by_one = np.concatenate([model.predict(feats[i:i + 1]) for i in range(n_windows)])
+    np.testing.assert_allclose(probs, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_with_as_many_classes_as_sample_submission_but_other_ones_is_refused_naming_them(tmp_path):
+    from submission.package import PackageConfig, PackageError, package
+    from tests.test_wheels import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "model.onnx")  # classes asbfly, barswa
+    with pytest.raises(PackageError) as e:
+        package(PackageConfig([model], tmp_path / "dist", sample_columns=["asbfly", "comkin"], bundle_wheels=False))
+    assert ("model.onnx has 2 classes but sample_submission.csv has 2 columns: only in the model ['barswa'], "
+            "only in sample_submission ['comkin']") in str(e.value)
+    assert not (tmp_path / "dist").exists()
+    package(PackageConfig([model], tmp_path / "dist", sample_columns=["barswa", "asbfly"], bundle_wheels=False))
+
+
+def test_the_onnx_metadata_carries_the_runs_own_figures_under_their_own_names(tmp_path):
+    from types import SimpleNamespace
+
+    from data.features import FEATURES_VERSION, FeatureConfig
+    from export.to_onnx import metadata
+    from train.config import config_for
+
+    features = FeatureConfig(denoise="spectral")
+    cfg = config_for("resnet18", str(tmp_path / "birds"), features=features, pretrained=False, loss="ce")
+    run = SimpleNamespace(cfg=cfg, classes=["amerob", "barswa"], run_dir=tmp_path / "resnet18-20260101-090000",
+                          net=SimpleNamespace(activation="sigmoid"),
+                          checkpoint={"epoch": 7, "metrics": {"val_accuracy": 0.625, "val_roc_auc": 0.8125}})
+    assert metadata(run) == {
+        "birdkit_format": "birdkit-1", "model_name": "resnet18", "classes": '["amerob", "barswa"]',
+        "features": json.dumps(features.to_dict(), sort_keys=True), "features_version": str(FEATURES_VERSION),
+        "activation": "sigmoid", "val_activation": "softmax", "input_name": "features",
+        "val_accuracy": "0.625000", "val_roc_auc": "0.812500", "best_epoch": "7",
+        "run": "resnet18-20260101-090000", "dataset": "birds"}

@@ -220,3 +220,19 @@ def test_cli_prints_help():
     with pytest.raises(SystemExit) as exit_:
         synth.main(["--help"])
     assert exit_.value.code == 0
+
+
+def test_each_call_event_of_a_synthetic_soundscape_covers_the_sound_of_its_phrase(monkeypatch):
+    from data import synth
+
+    monkeypatch.setattr(synth, "_background", lambda n, rng: np.zeros(n, np.float32))  # the calls alone
+    monkeypatch.setattr(synth, "_level_drift", lambda n, rng, **kw: np.ones(n, np.float32))
+    sr = synth.SAMPLE_RATE_HZ
+    y, events = synth._soundscape_audio(60.0, synth.species_list(2), np.random.default_rng(0))
+
+    labelled = np.zeros(len(y), bool)
+    for e in events:
+        start, end = int(round(e.start_s * sr)), int(round(e.end_s * sr))
+        assert np.abs(y[start:end]).max() > 0.01, e  # something sounds inside every event
+        labelled[start:end] = True
+    assert len(events) >= 4 and np.abs(y[~labelled]).max() == 0  # and nothing outside them

@@ -132,3 +132,28 @@ def test_best_pt_is_the_epoch_with_the_best_val_roc_auc_even_when_a_later_one_is
     assert auc1 == 1.0 and auc2 < auc1 and acc2 == 1.0 and acc1 < acc2  # the script did what it says
     assert summary["best_epoch"] == 1 and summary["val_roc_auc"] == 1.0
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["epoch"] == 1
+
+
+def test_resume_continues_the_latest_of_several_killed_runs_of_a_model(tmp_path):
+    from train.__main__ import unfinished_run
+
+    for stamp in ("20260101-090000", "20260102-090000", "20260103-090000"):
+        (tmp_path / f"simple_cnn-{stamp}").mkdir()
+        (tmp_path / f"simple_cnn-{stamp}" / "last.pt").write_bytes(b"")
+    (tmp_path / "simple_cnn-20260104-090000").mkdir()  # finished: nothing to resume
+    (tmp_path / "simple_cnn-20260104-090000" / "summary.json").write_text("{}")
+    assert unfinished_run(tmp_path, "simple_cnn") == tmp_path / "simple_cnn-20260103-090000"
+    assert unfinished_run(tmp_path, "resnet18") is None
+
+
+def test_a_cv_resume_takes_the_latest_run_of_the_fold_with_the_same_config(tmp_path):
+    from train.__main__ import latest_fold_run
+    from train.config import TrainConfig
+
+    cfg = TrainConfig(model="simple_cnn", data_dir=str(tmp_path), folds=3, fold=1, epochs=2)
+    older, newer = tmp_path / "simple_cnn-20260101-090000-fold1", tmp_path / "simple_cnn-20260102-090000-fold1"
+    for run, marker in ((older, "summary.json"), (newer, "last.pt")):
+        run.mkdir()
+        cfg.save(run / "config.json")
+        (run / marker).write_text("{}")
+    assert latest_fold_run(tmp_path, cfg) == newer

@@ -428,3 +428,26 @@ def test_a_dataset_kaggle_reports_deleted_stops_the_wait_at_once_naming_the_stat
     with pytest.raises(UploadError, match=r"could not process the dataset me/birds \(status: deleted\)"):
         wait_until_ready(Api(), "me/birds", Credentials("test"), timeout_s=600, poll_s=10,
                          sleep=lambda s: pytest.fail("waited on a deleted dataset"), clock=lambda: 0.0)
+
+
+def test_a_rerun_after_the_wait_timed_out_versions_the_existing_dataset_rather_than_creating_it_again(
+        tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    work = fake_credentials(monkeypatch, tmp_path, USERNAME, FAKE_KEY)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    dist = make_dist(work)
+    kaggle = FakeKaggle(archives={}, username=USERNAME, key=FAKE_KEY, token=FAKE_TOKEN)
+    with serving(kaggle):
+        kaggle.statuses = ["BLOBS_RECEIVED"] * 20
+        assert run(dist, "--wait-s", "0") == 1  # the dataset exists, still being processed
+        kaggle.statuses = []
+        capsys.readouterr()
+
+        assert run(dist) == 0  # its status is 'blobs_received', not 'ready': it exists all the same
+
+    rpcs = [r["what"] for r in kaggle.requests if r["what"] != "PUT"]
+    assert rpcs.count("CreateDataset") == 1 and rpcs.count("CreateDatasetVersion") == 1
+    assert len(kaggle.datasets[DATASET]) == 2 and len(kaggle.kernels) == 1
+    assert f"upload: dataset {DATASET} exists: uploading a new version" in capsys.readouterr().out

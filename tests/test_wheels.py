@@ -341,3 +341,41 @@ def test_kaggle_setup_needs_nothing_but_the_standard_library():
     assert kaggle_setup.fits_this_python(Path("x-1-py3-none-any.whl"))
     assert kaggle_setup.fits_this_python(Path(f"x-1-cp3{sys.version_info.minor}-abi3-manylinux_2_28_x86_64.whl"))
     assert not kaggle_setup.fits_this_python(Path(f"x-1-cp3{sys.version_info.minor + 1}-abi3-linux_x86_64.whl"))
+
+
+def test_a_requirement_missing_from_the_kits_wheels_is_installed_from_a_wheels_dataset_attached_by_hand(
+        tmp_path, offline_pip, monkeypatch):
+    from submission.kaggle_setup import install_missing
+
+    kit_wheels = tmp_path / "input" / "kit" / "wheels"
+    build_wheel(kit_wheels, "birdkit-tinypkg", "0.1.0")
+    build_wheel(tmp_path / "input" / "my-wheels", "birdkit-other", "1.0")  # only in the dataset attached by hand
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        installed = install_missing(kit_wheels, {"birdkit_tinypkg": "birdkit-tinypkg==0.1.0",
+                                                 "birdkit_other": "birdkit-other==1.0"},
+                                    search_dir=tmp_path / "input", target=site)
+        assert installed == ["birdkit-tinypkg==0.1.0", "birdkit-other==1.0"]
+        assert (site / "birdkit_tinypkg").is_dir() and (site / "birdkit_other").is_dir()
+    finally:
+        sys.modules.pop("birdkit_tinypkg", None)
+        sys.modules.pop("birdkit_other", None)
+
+
+def test_a_wheel_built_for_an_older_cpython_abi_does_not_count_as_fitting_this_python():
+    from submission.kaggle_setup import fits_this_python
+
+    minor = sys.version_info.minor
+    assert not fits_this_python(Path(f"x-1-cp3{minor - 1}-cp3{minor - 1}-manylinux_2_28_x86_64.whl"))
+    assert fits_this_python(Path(f"x-1-cp3{minor - 1}-abi3-manylinux_2_28_x86_64.whl"))  # the stable ABI does
+
+
+def test_the_cache_answers_with_the_build_kaggles_pip_prefers_most(tmp_path):
+    from submission.wheels import ONNXRUNTIME, WheelConfig, cached_wheel
+
+    for tag in ("cp312-cp312-manylinux2014_x86_64", "cp312-cp312-manylinux_2_28_x86_64", "cp312-abi3-manylinux2014_x86_64"):
+        build_wheel(tmp_path, "onnxruntime", ONNXRUNTIME.version, tag)
+    best = cached_wheel(tmp_path, ONNXRUNTIME, WheelConfig(), "3.12")
+    assert best.name == f"onnxruntime-{ONNXRUNTIME.version}-cp312-cp312-manylinux_2_28_x86_64.whl"
