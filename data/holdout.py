@@ -70,7 +70,7 @@ import pandas as pd
 from data.audio_io import write_ogg
 from data.features import AudioError, FeatureConfig, audio_seconds, load_audio
 from data.labels import CallEvent, solution_frame, window_labels
-from data.layout import class_list, competition_of, competition_soundscape_s, read_metadata, unlabeled_soundscapes
+from data.layout import class_list, competition_soundscape_s, read_metadata, unlabeled_soundscapes
 from data.paths import Workspace
 from data.split import holdout_recordings
 
@@ -252,7 +252,7 @@ class HoldoutConfig:
         path = Workspace.of(data_dir).holdout_dir / "holdout.json"
         old = json.loads(path.read_text()) if path.exists() else {}
         kept = {k: old[k] for k in ("n_soundscapes", "duration_s", "max_clip_s", "fill") if k in old}
-        kept.setdefault("duration_s", competition_soundscape_s(competition or competition_of(data_dir)))
+        kept.setdefault("duration_s", competition_soundscape_s(data_dir, competition))
         if "snr_db" in old:
             kept["snr_db"] = tuple(old["snr_db"])
         return cls(seed=seed, fraction=fraction, **kept)
@@ -515,8 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m data.holdout",
         description="Build labelled soundscapes, as long as the competition's test ones, from the "
-                    "recordings training holds out (data.split.holdout_recordings): calls found by an energy detector, mixed over "
-                    "unlabeled soundscape backgrounds, labelled in Kaggle's solution format.",
+                    "recordings training holds out (data.split.holdout_recordings): calls found by an "
+                    "energy detector, mixed over unlabeled soundscape backgrounds, labelled in Kaggle's "
+                    "solution format.",
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder in the Kaggle layout")
     p.add_argument("--seed", type=int, default=0, help="split and mixing seed; train with the same one (default 0)")
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if args.duration_s is None:
-            args.duration_s = competition_soundscape_s(args.competition or competition_of(args.data))
+            args.duration_s = competition_soundscape_s(args.data, args.competition)
         cfg = HoldoutConfig(seed=args.seed, fraction=args.fraction, n_soundscapes=args.soundscapes,
                             duration_s=args.duration_s, snr_db=(args.snr_db_min, args.snr_db_max),
                             max_clip_s=args.max_clip_s)

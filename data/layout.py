@@ -73,9 +73,10 @@ def competition_of(data_dir: Path | str) -> str:
     return name if re.fullmatch(r"birdclef-20\d\d", name) else DEFAULT_COMPETITION
 
 
-def competition_soundscape_s(competition: str) -> float:
-    """Seconds per hidden test soundscape of a competition (240, 2024's, where the kit does not know it)."""
-    return TEST_SOUNDSCAPE_S.get(competition, TEST_SOUNDSCAPE_S[DEFAULT_COMPETITION])
+def competition_soundscape_s(data_dir: Path | str, competition: str | None = None) -> float:
+    """Seconds per hidden test soundscape of `competition`, else of the one data_dir's name says
+    (240, 2024's, where the kit does not know it)."""
+    return TEST_SOUNDSCAPE_S.get(competition or competition_of(data_dir), TEST_SOUNDSCAPE_S[DEFAULT_COMPETITION])
 
 
 def missing_entries(data_dir: Path) -> list[str]:

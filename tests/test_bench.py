@@ -198,17 +198,12 @@ def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(
     assert {p.name for p in data.iterdir()} == {p.name for p in tiny_dataset.glob("*.csv")} | {"train_audio"}
     assert not any((data / "train_audio").iterdir())  # the CSVs travel, the audio does not
 
-    (tmp_path / "noaudio.py").write_text(NO_AUDIO_PYTHON)
-    env = {**os.environ, "PYTHON": f"{sys.executable} {tmp_path / 'noaudio.py'}", "DEVICE": "cpu", "STEPS": "2",
-           "WARMUP": "1", "MODELS": "simple_cnn", "CV_RUNS": "simple_cnn:auto simple_cnn:auto:--ema-decay=0.9,--random-crop",
-           "TRAIN_ARGS": "--epochs 1"}
-    out = tmp_path / "out"
-    run = subprocess.run(["bash", script, "run", str(data), str(out), "600"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out, _, stdout = run_gpu_check_with(NO_AUDIO_PYTHON, tiny_dataset, tmp_path,
+                                        CV_RUNS="simple_cnn:auto simple_cnn:auto:--ema-decay=0.9,--random-crop")
     # what the device tool brings back: at most 8 plain files of 16 MiB, flat, with plain names
     returned = sorted(out.iterdir())
     assert {p.name for p in returned} == {"steps.txt", "gpu.txt", "bench_train.json", "bench_train_no_workers.json",
-                                          "report.txt", "gpu_check.tar.gz", "gpu_check_media.tar.gz"}, run.stdout[-3000:]
+                                          "report.txt", "gpu_check.tar.gz", "gpu_check_media.tar.gz"}, stdout[-3000:]
     assert all(p.is_file() and p.stat().st_size < 16 * 2**20 and re.fullmatch(r"[A-Za-z0-9._-]+", p.name)
                for p in returned)
     assert "simple_cnn" in (out / "report.txt").read_text()
@@ -219,7 +214,7 @@ def test_the_gpu_check_trains_from_a_staged_cache_where_no_audio_library_exists(
     steps = (work / "steps.txt").read_text()
     for name in ("bench_train", "bench_train_no_workers", "train", "cv_simple_cnn_auto",
                  "cv_simple_cnn_auto_ema-decay_0.9_random-crop", "report"):
-        assert f"== {name}: exit 0 after" in steps, run.stdout[-3000:]
+        assert f"== {name}: exit 0 after" in steps, stdout[-3000:]
         assert (work / f"{name}.log").exists()
     assert "PyTorch version" in (work / "gpu.txt").read_text()
     assert json.loads((work / "bench_train_no_workers.json").read_text())["rows"][0]["workers"] == 0

@@ -413,12 +413,8 @@ def test_int8_ships_only_where_it_loses_at_most_0_005_of_the_float_models_local_
     import shutil
 
     import submission.quantize as quantize
-    from data.features import FeatureConfig
-    from export.to_onnx import write_metadata
 
-    features = FeatureConfig(n_mels=8, window_s=0.5)
-    path = kit_interface_onnx(tmp_path / "model.onnx", features.n_mels, features.n_frames, 2)
-    write_metadata(path, {"features": json.dumps(features.to_dict()), "classes": json.dumps(["a", "b"])})
+    path = tiny_kit_model(tmp_path, n_classes=2).path
     monkeypatch.setattr(quantize, "calibration_windows", lambda data_dir, f: np.zeros((8, *f.shape), np.float32))
     monkeypatch.setattr(quantize, "quantize_int8", lambda onnx_path, windows, out: Path(shutil.copy(onnx_path, out)))
     monkeypatch.setattr(quantize, "local_score",
