@@ -122,6 +122,7 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
     folder and PYTHONPATH is cleared: the packaged dataset is its only code source."""
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(notebook, as_version=4)
     env_updates = {"BIRDKIT_INPUT_DIR": str(input_dir.resolve()), "BIRDKIT_WORKING_DIR": str(working.resolve()),
@@ -136,6 +137,8 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
         client = NotebookClient(nb, km=km, timeout=timeout_s, kernel_name=KERNEL_NAME,
                                 resources={"metadata": {"path": str(working.resolve())}})
         client.execute(cleanup_kc=True)  # shut the kernel down here: left alone it outlives the command
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
+        raise ScoreError(notebook_failure(nb, e, score_dir / "executed.ipynb", timeout_s)) from None
     finally:
         for k, v in saved.items():
             if v is None:
@@ -144,6 +147,26 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
                 os.environ[k] = v
         nbformat.write(nb, score_dir / "executed.ipynb")
     return time.perf_counter() - t0
+
+
+def notebook_failure(nb, error: Exception, executed: Path, timeout_s: int) -> str:
+    """One paragraph on why the notebook stopped: which cell, the error's last line, where the whole
+    output is (nbclient's own exception repeats the cell's source and a traceback screens long)."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    where = f"cell {failed[0] + 1} of {len(nb.cells)}" if failed else "a cell"
+    if isinstance(error, CellTimeoutError):
+        why = (f"ran past --timeout-s {timeout_s} s (SCORE_ARGS=\"--timeout-s N\" raises it; on Kaggle the "
+               "notebook's deadline decides)")
+    elif isinstance(error, DeadKernelError):
+        why = "lost its kernel (out of memory? `make bench-infer` measures the notebook's peak)"
+    else:
+        outputs = nb.cells[failed[0]].outputs if failed else []
+        err = next((o for o in outputs if o.get("output_type") == "error"), None)
+        why = f"raised {err['ename']}: {err['evalue']}" if err else f"failed: {str(error).strip().splitlines()[-1]}"
+    return f"the notebook stopped: {where} {why}. Its outputs are in {executed}"
 
 
 def check_submission(sub: pd.DataFrame, sample_submission: Path, soundscapes: Path, features: FeatureConfig) -> None:

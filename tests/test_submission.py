@@ -426,53 +426,72 @@ def test_int8_ships_only_where_it_loses_at_most_0_005_of_the_float_models_local_
 
 @pytest.fixture
 def scored_folder(tmp_path):
-    """A dataset of two 10-s test soundscapes with labels beside it, and a packaged dist (no model needed)."""
+    """A dataset of two 10-s test soundscapes with two classes."""
     from data.audio_io import write_ogg
-    from data.features import FeatureConfig
 
     data = tmp_path / "birds"
     (data / "test_soundscapes").mkdir(parents=True)
     for stem in ("s1", "s2"):
         write_ogg(data / "test_soundscapes" / f"{stem}.ogg", np.zeros(10 * 32_000, np.float32), 32_000)
     (data / "sample_submission.csv").write_text("row_id,a,b\n")
-    (tmp_path / "birds_solution.csv").write_text(
-        "row_id,a,b\ns1_5,1,0\ns1_10,0,1\ns2_5,0,1\ns2_10,1,0\n")
-    dist = tmp_path / "dist"
-    (dist / "dataset").mkdir(parents=True)
-    (dist / "notebook").mkdir()
-    (dist / "notebook" / "kit.ipynb").write_text("{}")
-    (dist / "dataset" / "dataset-metadata.json").write_text(json.dumps({"id": "tester/birdclef-kit-model"}))
-    (dist / "dataset" / "birdkit.json").write_text(json.dumps(
-        {"model_name": "simple_cnn", "features": FeatureConfig().to_dict(), "postprocess": {}, "combine": "mean"}))
-    return data, dist
+    return data
 
 
-def test_score_json_reports_each_stages_seconds_per_soundscape_from_the_notebooks_timing(scored_folder, tmp_path,
-                                                                                        monkeypatch):
-    import pandas as pd
+def test_score_json_reports_each_stages_seconds_per_soundscape_from_the_notebooks_timing(chain):
+    result = json.loads((chain.score_dir / "score.json").read_text())
+    timing = json.loads((chain.score_dir / "working" / "timing.json").read_text())  # the notebook's own file
+    n = timing["soundscapes"]
+    assert n == result["soundscapes"] == len(list((chain.data_dir / "test_soundscapes").glob("*.ogg"))) > 0
+    for stage in ("decode", "features", "model"):
+        assert timing[f"{stage}_s"] > 0
+        assert result[f"{stage}_s_per_soundscape"] == pytest.approx(timing[f"{stage}_s"] / n)
+    assert result["seconds_per_soundscape"] == pytest.approx(timing["total_s"] / n)
+    assert result["notebook_wall_s"] > timing["total_s"]  # the kernel's start and the set-up cells come on top
 
-    import submission.score as score_mod
+
+def test_the_notebook_applies_the_packaged_post_processing_to_the_packaged_combination_of_members(
+        chain, two_exports, tmp_path):
     from data.paths import Workspace
+    from submission.ensemble import read_member_raws
+    from submission.package import main as package_main
+    from submission.score import score
 
-    data, dist = scored_folder
-    sub = pd.DataFrame({"row_id": ["s1_5", "s1_10", "s2_5", "s2_10"], "a": [0.9, 0.1, 0.2, 0.8],
-                        "b": [0.1, 0.9, 0.7, 0.3]})
+    assert package_main(["--data", str(chain.data_dir), "--onnx", *map(str, two_exports), "--out", str(tmp_path / "dist"),
+                         "--ensemble", "2", "--budget-min", "1e6", "--combine", "min", "--smooth-kernel", "0.25", "0.5",
+                         "0.25", "--mean-blend", "0.2", "--no-wheels"]) == 0
+    ws = Workspace(chain.data_dir, root=tmp_path / "out")
+    result = score(ws, "birdclef-2024", tmp_path / "dist")
+    assert result["combine"] == "min"
+    assert result["postprocess"] == {"smooth_kernel": [0.25, 0.5, 0.25], "mean_blend": 0.2}
+    working = ws.score_dir / "working"
+    members = read_member_raws(working / "submission_raw.csv", 2)
+    raw, sub = pd.read_csv(working / "submission_raw.csv"), pd.read_csv(working / "submission.csv")
+    classes = raw.columns[1:]
+    assert np.allclose(raw[classes], np.minimum(members[0][classes], members[1][classes]), atol=1e-6)
+    post = PostProcess(smooth_kernel=(0.25, 0.5, 0.25), mean_blend=0.2)
+    stems = raw.row_id.str.rsplit("_", n=1).str[0]
+    for stem in stems.unique():  # each soundscape post-processed on its own
+        rows = (stems == stem).to_numpy()
+        expected = post(raw.loc[rows, classes].to_numpy(np.float32))
+        assert np.allclose(sub.loc[rows, classes].to_numpy(), expected, atol=1e-6)
+    assert not np.allclose(sub[classes], raw[classes], atol=1e-3)  # the post-processing changed something
 
-    def fake_notebook(notebook, input_dir, working, score_dir, timeout_s):
-        sub.to_csv(working / "submission.csv", index=False)
-        sub.to_csv(working / "submission_raw.csv", index=False)
-        (working / "timing.json").write_text(json.dumps({"soundscapes": 2, "total_s": 8.0, "decode_s": 1.0,
-                                                         "features_s": 3.0, "model_s": 2.0, "failures": []}))
-        return 9.5
 
-    monkeypatch.setattr(score_mod, "execute_notebook", fake_notebook)
-    ws = Workspace(data, root=tmp_path / "out")
-    result = score_mod.score(ws, "birdclef-2024", dist)
+def test_a_notebook_that_fails_stops_the_score_naming_the_cell_the_error_and_the_executed_copy(tmp_path):
+    import nbformat
 
-    assert result["score"] == pytest.approx(1.0) and result["rows"] == 4 and result["soundscapes"] == 2
-    assert (result["seconds_per_soundscape"], result["decode_s_per_soundscape"], result["features_s_per_soundscape"],
-            result["model_s_per_soundscape"], result["notebook_wall_s"]) == (4.0, 0.5, 1.5, 1.0, 9.5)
-    assert json.loads((ws.score_dir / "score.json").read_text()) == result
+    from submission.score import ScoreError, execute_notebook
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("raise ValueError('no soundscapes mounted')")])
+    nbformat.write(nb, tmp_path / "kit.ipynb")
+    (tmp_path / "working").mkdir()
+    with pytest.raises(ScoreError) as raised:
+        execute_notebook(tmp_path / "kit.ipynb", tmp_path, tmp_path / "working", tmp_path, timeout_s=60)
+    assert str(raised.value) == (f"the notebook stopped: cell 2 of 2 raised ValueError: no soundscapes mounted. "
+                                 f"Its outputs are in {tmp_path / 'executed.ipynb'}")
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    assert executed.cells[1].outputs[0]["ename"] == "ValueError"
 
 
 def test_a_submission_whose_class_columns_are_in_another_order_than_sample_submissions_is_refused(scored_folder):
@@ -481,7 +500,7 @@ def test_a_submission_whose_class_columns_are_in_another_order_than_sample_submi
     from data.features import FeatureConfig
     from submission.score import ScoreError, check_submission
 
-    data, _ = scored_folder
+    data = scored_folder
     rows = ["s1_5", "s1_10", "s2_5", "s2_10"]
     check_submission(pd.DataFrame({"row_id": rows, "a": 0.5, "b": 0.5}), data / "sample_submission.csv",
                      data / "test_soundscapes", FeatureConfig())
