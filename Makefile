@@ -49,6 +49,13 @@ NEEDS_DATA := $(if $(wildcard $(DATA)/train_metadata.csv $(DATA)/train.csv),,$(i
 # (passed to them as one shell word: TRAIN_ARGS's own single quotes escaped)
 TRAIN_FLAGS = --models $(MODELS) --seed $(SEED) $(FEATURE_FLAGS) $(TRAIN_ARGS)
 TRAIN_FLAGS_WORD = '$(subst ','\'',$(TRAIN_FLAGS))'
+# A value make does not know would otherwise be dropped silently (features without the denoising asked for)
+ifneq ($(filter-out none 0 no false 1 yes true spectral noisereduce,$(DENOISE)),)
+$(error DENOISE=$(DENOISE): use none, spectral or noisereduce (1, yes or true: noisereduce))
+endif
+ifeq ($(shell [[ "$(GPUS)" =~ ^[0-9]+$$ ]] && echo ok),)
+$(error GPUS=$(GPUS): give the number of GPUs to train on, e.g. GPUS=2 (1: a single process))
+endif
 FEATURE_FLAGS := $(if $(filter 1 yes true,$(DENOISE)),--denoise noisereduce,$(if $(filter spectral noisereduce,$(DENOISE)),--denoise $(DENOISE),))
 # The competition the notebook attaches and the hold-out imitates: COMPETITION where the user set it,
 # else DATA's folder name where it is a BirdCLEF slug (data/birdclef-2025), else birdclef-2024

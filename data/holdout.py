@@ -71,7 +71,7 @@ from data.audio_io import write_ogg
 from data.features import AudioError, FeatureConfig, audio_seconds, load_audio
 from data.labels import CallEvent, solution_frame, window_labels
 from data.layout import class_list, competition_soundscape_s, read_metadata, unlabeled_soundscapes
-from data.paths import Workspace
+from data.paths import Workspace, refuse_unwritable
 from data.split import holdout_recordings
 
 SAMPLE_RATE_HZ = FeatureConfig().sample_rate_hz
@@ -511,6 +511,7 @@ def format_report(manifest: dict, solution: pd.DataFrame, classes: list[str], se
     return "\n".join(lines)
 
 
+@refuse_unwritable
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m data.holdout",

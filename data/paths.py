@@ -4,8 +4,11 @@ Outputs go under the repository by default; BIRDKIT_ROOT moves them all (the tes
 """
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +73,32 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def unwritable_output(e: OSError) -> str | None:
+    """The message for an output the kit may not write (read-only disk, no permission), or None
+    for any other OS error (those keep their traceback: they are not a set-up mistake)."""
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return None
+    return (f"cannot write {e.filename or 'an output file'} ({e.strerror}): the kit writes its caches, runs and "
+            f"packages under {output_root()}. Make that writable, or set BIRDKIT_ROOT to a writable folder "
+            "(e.g. BIRDKIT_ROOT=/tmp/birdkit make ...)")
+
+
+def refuse_unwritable(main):
+    """Wrap a command's main(argv): an output it may not write ends it with unwritable_output's
+    message and exit status 1, not a traceback."""
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except OSError as e:
+            message = unwritable_output(e)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 1
+    return wrapped
+
+
 def human_bytes(n: float) -> str:
     """1234567 -> '1.2 MB' (decimal units, as disk sizes are quoted)."""
     for unit in ("bytes", "KB", "MB", "GB"):
@@ -93,8 +122,6 @@ def venv_space_problem(venv: Path, needed: int) -> str | None:
 
 
 if __name__ == "__main__":  # `python3 -m data.paths VENV BYTES`: the Makefile's check (VENV_NEEDS_BYTES)
-    import sys
-
     problem = venv_space_problem(Path(sys.argv[1]), int(sys.argv[2]))
     if problem:
         sys.exit(f"error: {problem}")

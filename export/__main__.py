@@ -10,8 +10,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from data.paths import Workspace
+from data.paths import Workspace, refuse_unwritable
 from export.to_onnx import PARITY_ATOL, ExportError, export_best, export_run, remove_candidates
+from train.config import at_least
 from train.report import finished_runs
 
 
@@ -24,6 +25,7 @@ def train_first(data: str, train_args: str) -> int:
     return train_main(flags)
 
 
+@refuse_unwritable
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder whose runs to choose from")
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--atol", type=float, default=PARITY_ATOL,
                    help=f"largest |onnxruntime - torch| accepted (default {PARITY_ATOL:g})")
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--top", type=int, default=3,
+    p.add_argument("--top", type=at_least(1), default=3,
                    help="export the N best runs: the best as model.onnx, the next as model-2.onnx ... (ensemble "
                         "candidates; `make package` ships them only where the local score says they help)")
     p.add_argument("--activation", choices=["sigmoid", "softmax"],

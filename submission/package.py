@@ -29,7 +29,7 @@ import nbformat
 
 from data.features import FEATURES_VERSION, FeatureConfig
 from data.layout import DEFAULT_COMPETITION, competition_of, submission_columns
-from data.paths import REPO, Workspace, dist_dir
+from data.paths import REPO, Workspace, dist_dir, refuse_unwritable
 from submission.budget import KAGGLE_TEST_SETS, UNKNOWN_TEST_SET, kaggle_test_set
 from submission.infer import DEADLINE_MARGIN_MIN, MANIFEST_NAME, PostProcess
 from submission.notebook import build_notebook
@@ -399,6 +399,7 @@ def ensemble_arg(value: str) -> str | int:
     return n
 
 
+@refuse_unwritable
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m submission.package", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder whose exported model to package")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from data.features import FeatureConfig, row_end_seconds
 from data.layout import competition_of
-from data.paths import Workspace, dist_dir
+from data.paths import Workspace, dist_dir, refuse_unwritable
 from submission.ensemble import prefix_scores, read_member_raws
 from submission.infer import PostProcess, expected_windows, list_soundscapes
 from train.metrics import kaggle_score
@@ -266,6 +266,7 @@ def score(ws: Workspace, competition: str, dist: Path, timeout_s: int = 3600) ->
     return result
 
 
+@refuse_unwritable
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m submission.score", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset whose labelled soundscapes to score on")

@@ -291,6 +291,33 @@ def test_ctrl_c_names_the_models_left_to_train_so_a_finished_one_is_not_trained_
         "start if none finished) and trains the rest\n")
 
 
+def test_a_kill_signal_ends_training_like_ctrl_c_saying_how_to_continue(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import signal
+
+    import train.loop as loop
+    from data.paths import Workspace
+    from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    real_run_epoch = loop.run_epoch
+
+    def killed_in_epoch_2(cfg, state, data, device, epoch, run_dir, d=loop.dist.Dist()):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler or `kill` sends
+        real_run_epoch(cfg, state, data, device, epoch, run_dir, d)
+
+    monkeypatch.setattr(loop, "run_epoch", killed_in_epoch_2)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--epochs", "3", "--windows-per-recording", "1",
+                 "--holdout-fraction", "0", "--device", "cpu"]) == 130
+    assert capsys.readouterr().err.endswith(
+        'interrupted: `make train RESUME=1 MODELS="simple_cnn"` (python -m train ... --models simple_cnn --resume) '
+        "with the same settings continues simple_cnn from its last finished epoch (from the start if none finished)\n")
+    run, = Workspace.of(tiny_dataset).runs_dir.glob("simple_cnn-*")
+    assert len(pd.read_csv(run / "metrics.csv")) == 1 and (run / "last.pt").exists()  # epoch 1 kept for RESUME=1
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only as long as the command
+
+
 def test_a_killed_cross_validation_reuses_its_finished_folds_and_continues_the_killed_one(
         tiny_dataset, tmp_path, monkeypatch, capsys):
     import train.loop as loop
@@ -377,6 +404,7 @@ def test_torchrun_trains_one_run_with_two_processes_on_cpu(tiny_dataset, tmp_pat
     assert 0.0 <= summary["val_roc_auc"] <= 1.0
     assert out.stdout.count("epoch   1/2") == 1  # only rank 0 prints
     assert "distributed: 2 processes" in out.stdout
+    assert out.stderr.count("warning: no CUDA GPU here, so GPUS=2 trains 2 CPU processes (gloo)") == 1
 
 
 def _copy_run(chain, tmp_path) -> Path:

@@ -66,11 +66,86 @@ def test_a_killed_training_resumes_to_the_same_metrics_as_an_uninterrupted_one(t
     assert (run / "summary.json").exists() and not (run / "last.pt").exists()
 
 
-def test_an_unknown_model_is_refused_before_any_work(tiny_dataset):
+def test_an_unknown_model_is_refused_before_any_work(tiny_dataset, tmp_path):
     out = subprocess.run([sys.executable, "-m", "train", "--data", str(tiny_dataset), "--models", "vgg16"],
-                         cwd=REPO, capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "BIRDKIT_ROOT": str(tmp_path)})
     assert out.returncode != 0
     assert "invalid choice: 'vgg16'" in out.stderr and "simple_cnn" in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no cache, no run folder
+
+
+@pytest.mark.parametrize("module, flag, value, message", [
+    ("train", "--epochs", "0", "argument --epochs: must be >= 1, got 0"),
+    ("train", "--batch-size", "0", "argument --batch-size: must be >= 1, got 0"),
+    ("train", "--num-workers", "-1", "argument --num-workers: must be >= 0, got -1"),
+    ("train", "--epochs", "ten", "argument --epochs: expected an integer, got 'ten'"),
+    ("export", "--top", "0", "argument --top: must be >= 1, got 0"),
+])
+def test_counts_that_cannot_work_are_refused_by_the_command_line_naming_the_flag(module, flag, value, message, capsys):
+    main = __import__(f"{module}.__main__", fromlist=["main"]).main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data", "anywhere", flag, value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.rstrip().endswith(message)
+
+
+def test_missing_imagenet_weights_stop_training_before_the_first_model_trains(tiny_dataset, tmp_path, monkeypatch,
+                                                                              capsys):
+    import urllib.error
+
+    import torch
+    import torchvision
+
+    from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "out"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no weights cached
+
+    def no_network(url, dst, *args, **kwargs):  # the network layer only
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "efficientnet_b0", "--epochs", "1",
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not load the ImageNet weights EfficientNet_B0_Weights.IMAGENET1K_V1")
+    assert torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.url in err
+    assert "TRAIN_ARGS=--no-pretrained" in err
+    assert not (tmp_path / "out").exists()  # simple_cnn did not train first, nothing was cached
+
+
+def test_resume_with_no_killed_run_says_it_starts_a_new_one(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--epochs", "1", "--windows-per-recording", "1",
+                 "--holdout-fraction", "0", "--device", "cpu", "--resume"]) == 0
+    run = run_folder(tmp_path, tiny_dataset.name)
+    assert f"train: no killed run of simple_cnn to resume, starting {run.name}" in capsys.readouterr().out
+
+
+def test_an_output_folder_the_kit_may_not_write_is_named_with_how_to_move_the_outputs(tiny_dataset, tmp_path,
+                                                                                     monkeypatch, capsys):
+    import errno
+
+    from train.__main__ import main
+
+    root = tmp_path / "readonly"
+    monkeypatch.setenv("BIRDKIT_ROOT", str(root))
+    real_mkdir = os.mkdir
+
+    def read_only_mount(path, *args, **kwargs):  # what a read-only disk answers (root ignores chmod)
+        if str(path).startswith(str(root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only_mount)
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--epochs", "1", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {root}")
+    assert err.rstrip().endswith(f"(Read-only file system): the kit writes its caches, runs and packages under {root}. "
+                                 "Make that writable, or set BIRDKIT_ROOT to a writable folder "
+                                 "(e.g. BIRDKIT_ROOT=/tmp/birdkit make ...)")
 
 
 def test_validation_runs_outside_autocast_as_the_exported_model_does(monkeypatch):
@@ -157,3 +232,19 @@ def test_a_cv_resume_takes_the_latest_run_of_the_fold_with_the_same_config(tmp_p
         cfg.save(run / "config.json")
         (run / marker).write_text("{}")
     assert latest_fold_run(tmp_path, cfg) == newer
+
+
+def test_only_permission_and_read_only_errors_become_the_output_folder_message():
+    import errno
+
+    from data.paths import refuse_unwritable
+
+    def failing(error):
+        @refuse_unwritable
+        def main(argv=None):
+            raise error
+        return main
+
+    assert failing(PermissionError(errno.EACCES, "Permission denied", "/x"))([]) == 1
+    with pytest.raises(FileNotFoundError):  # a missing input is not an output problem: its own traceback
+        failing(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"))([])

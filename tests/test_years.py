@@ -211,3 +211,22 @@ def test_make_generates_the_sample_where_it_is_missing_rather_than_downloading_i
     dry = make_dry_run("train", f"DATA={sample}", f"SAMPLE={sample}")
     assert f"-m data.synth --out {sample}" in dry and "data.download" not in dry
     assert dry.index("data.synth") < dry.index(f"-m train --data {sample}")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("DENOISE=spectal", "DENOISE=spectal: use none, spectral or noisereduce (1, yes or true: noisereduce)"),
+    ("DENOISE=Spectral", "DENOISE=Spectral: use none, spectral or noisereduce"),
+    ("GPUS=two", "GPUS=two: give the number of GPUs to train on, e.g. GPUS=2 (1: a single process)"),
+])
+def test_make_refuses_a_setting_it_would_otherwise_drop_before_running_anything(setting, message):
+    out = subprocess.run(["make", "-n", "train", setting, "VENV=.venv"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert message in out.stderr
+
+
+@pytest.mark.parametrize("setting, flag", [("DENOISE=1", "--denoise noisereduce"), ("DENOISE=spectral", "--denoise spectral"),
+                                           ("DENOISE=none", None), ("GPUS=2", "--nproc_per_node=2")])
+def test_make_accepts_each_documented_denoise_and_gpus_setting(setting, flag):
+    line = make_dry_run("train", "DATA=elsewhere", setting).splitlines()[-1]
+    assert "--data elsewhere" in line
+    assert (flag in line) if flag else ("--denoise" not in line)

@@ -6,7 +6,10 @@ run and prints the mean validation metrics (runs under train/runs/<data>/cv/, wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,12 +18,12 @@ import numpy as np
 
 from data.features import DENOISE_MODES, FeatureConfig
 from data.layout import LayoutError
-from data.paths import Workspace
+from data.paths import Workspace, refuse_unwritable
 from data.preprocess import PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache
 from train import dist
-from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, config_for
+from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, at_least, config_for
 from train.loop import fit
-from train.models import DEFAULT_MODELS, MODEL_NAMES
+from train.models import DEFAULT_MODELS, MODEL_NAMES, fetch_imagenet_weights
 from train.report import format_table
 
 # Command-line settings that override the model's defaults when given.
@@ -39,8 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recipe", default="auto", choices=RECIPES,
                    help="hyperparameters to start from: auto (the from-scratch recipe where it measured better "
                         "without ImageNet weights, else the seed's), seed, or scratch for any model")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process under torchrun")
+    p.add_argument("--epochs", type=at_least(1))
+    p.add_argument("--batch-size", type=at_least(1), help="per process under torchrun")
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     p.add_argument("--weight-decay", type=float)
@@ -70,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input-hw", type=parse_hw, metavar="HxW|native",
                    help="model input in px, e.g. 224x224; native: the features' own mel bins x frames "
                         "(default per model in train/config.py)")
-    p.add_argument("--windows-per-recording", type=int, dest="max_windows_per_recording",
+    p.add_argument("--windows-per-recording", type=at_least(0), dest="max_windows_per_recording",
                    help="train and validate on N windows of each recording (0: all)")
     p.add_argument("--holdout-fraction", type=float, help="share of recordings kept for make holdout")
     p.add_argument("--val-fraction", type=float)
@@ -80,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --cv: run only these folds (0-based), e.g. to split a long cross-validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--num-workers", type=int, help="DataLoader workers (default: 0 on CPU, 4 on CUDA)")
+    p.add_argument("--num-workers", type=at_least(0), help="DataLoader workers (default: 0 on CPU, 4 on CUDA)")
     p.add_argument("--denoise", nargs="?", const="noisereduce", default="none", choices=DENOISE_MODES,
                    help="noise reduction in the features (own cache): none | spectral | noisereduce")
     p.add_argument("--resume", action="store_true",
@@ -108,11 +111,13 @@ def unfinished_run(runs_dir: Path, model: str) -> Path | None:
     return candidates[-1] if candidates else None
 
 
+@refuse_unwritable
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     d = dist.init(args.device)
     try:
-        return train_models(args, d)
+        with sigterm_as_interrupt():
+            return train_models(args, d)
     except (LayoutError, RuntimeError, ValueError) as e:  # refusals say what to do; no stack trace
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -122,6 +127,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         dist.finish(d)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """A kill (SIGTERM: a scheduler, a spot instance, `kill`) ends the run like Ctrl-C does, saying
+    how to continue from last.pt. Only this process: forked DataLoader workers keep the default."""
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def model_config(args: argparse.Namespace, model: str, features: FeatureConfig, **extra) -> TrainConfig:
@@ -161,6 +185,7 @@ def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
                               "finished folds and continues the killed one from its last finished epoch") from None
     features = FeatureConfig(denoise=args.denoise)
     ws = Workspace.of(Path(args.data))
+    fetch_weights_first(args, d, features)
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))  # one run folder for every process
     summaries = []
     for k, model in enumerate(args.models):
@@ -176,6 +201,15 @@ def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
     return 0
 
 
+def fetch_weights_first(args: argparse.Namespace, d: dist.Dist, features: FeatureConfig) -> None:
+    """Every ImageNet weights file the models will load, fetched before the first model trains
+    (rank 0 alone; the others wait): a machine without them finds out now, not after hours."""
+    wanted = [m for m in args.models if model_config(args, m, features).pretrained]
+    if wanted and d.main:
+        fetch_imagenet_weights(wanted)
+    dist.barrier(d)
+
+
 def train_one(args: argparse.Namespace, d: dist.Dist, ws: Workspace, model: str, features: FeatureConfig,
               stamp: str) -> dict:
     """One model's run (or the continuation of its killed one, with --resume); its summary."""
@@ -185,6 +219,8 @@ def train_one(args: argparse.Namespace, d: dist.Dist, ws: Workspace, model: str,
     if resume:
         run_dir, cfg = resume, TrainConfig.load(resume / "config.json")
         print(f"train: resuming {run_dir.name} with its own config.json (command-line settings ignored)")
+    elif args.resume:
+        print(f"train: no killed run of {model} to resume, starting {run_dir.name}")
     return {**fit(cfg, cache_for(args, cfg, d), run_dir, resume=bool(resume), d=d), "dir": str(run_dir)}
 
 
@@ -197,6 +233,7 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
     if not all(0 <= k < args.cv for k in fold_ids):
         raise ValueError(f"--cv-folds must be between 0 and {args.cv - 1}, got {fold_ids}")
     features = FeatureConfig(denoise=args.denoise)
+    fetch_weights_first(args, d, features)
     cv_dir = Workspace.of(Path(args.data)).runs_dir / "cv"
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))
     lines = []

@@ -1,6 +1,7 @@
 """TrainConfig: one typed, printed and saved config per training run."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
@@ -178,3 +179,17 @@ def config_for(model: str, data_dir: str, schedule: str = "full", recipe: str = 
         chosen = {}
     values = {**MODEL_DEFAULTS.get(model, {}), **chosen, **scheduled, "pretrained": pretrained}
     return TrainConfig(model=model, data_dir=str(data_dir), schedule=schedule, **values)
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum (0 epochs or a batch of 0 fail later, and obscurely)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its error
+    return parse

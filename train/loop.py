@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -316,6 +317,9 @@ def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False, 
     state = new_state(cfg, data, device, d, pretrained=cfg.pretrained and not resume)
     if d.active:
         print(f"distributed: {d.world} processes, batch {cfg.batch_size} each ({cfg.batch_size * d.world} in all)")
+        if device.type == "cpu" and d.main:  # torchrun on a machine without GPUs: it works, slower than one process
+            print(f"warning: no CUDA GPU here, so GPUS={d.world} trains {d.world} CPU processes (gloo) that share "
+                  "these cores; GPUS=1 trains as fast or faster on a CPU", file=sys.stderr)
     if saved is not None:
         state.load(run_dir / "last.pt", data.classes, saved, d)
         print(f"resumed after epoch {len(state.history)}")

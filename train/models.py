@@ -103,16 +103,16 @@ def _torchvision_backbone(name: str, num_classes: int, pretrained: bool) -> nn.M
     import torchvision.models as tvm
 
     if name == "resnet18":
-        weights = tvm.ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
+        weights = imagenet_weights("resnet18") if pretrained else None
         net = _with_weights(tvm.resnet18, weights)
         net.fc = nn.Linear(net.fc.in_features, num_classes)
         return net
     if name == "efficientnet_b0":
-        weights = tvm.EfficientNet_B0_Weights.IMAGENET1K_V1 if pretrained else None
+        weights = imagenet_weights("efficientnet_b0") if pretrained else None
         net = _with_weights(tvm.efficientnet_b0, weights)
         net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, num_classes)
         return net
-    weights = tvm.Inception_V3_Weights.IMAGENET1K_V1 if pretrained else None
+    weights = imagenet_weights("inception_v3") if pretrained else None
     # aux_logits: the auxiliary head is trained (weight 0.4) and dropped in eval/export.
     # transform_input re-normalises ImageNet-normalised input for Google's original weights.
     net = _with_weights(tvm.inception_v3, weights, aux_logits=True, transform_input=pretrained, init_weights=not pretrained)
@@ -132,13 +132,34 @@ def _with_weights(factory, weights, **kwargs) -> nn.Module:
     try:
         return factory(weights=weights, progress=True, **kwargs)
     except (OSError, RuntimeError) as e:  # URLError is an OSError; a torn file is a RuntimeError
-        target = weights_path(weights)
-        raise RuntimeError(
-            f"could not load the ImageNet weights {weights} ({type(e).__name__}: {e}). "
-            f"Download {weights.url} on a machine with internet and put it at {target} "
-            "(or set TORCH_HOME to a folder holding hub/checkpoints/ with it), "
-            "or train from scratch with --no-pretrained."
-        ) from e
+        raise _weights_error(weights, e) from e
+
+
+def _weights_error(weights, e: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"could not load the ImageNet weights {weights} ({type(e).__name__}: {e}). "
+        f"Download {weights.url} on a machine with internet and put it at {weights_path(weights)} "
+        "(or set TORCH_HOME to a folder holding hub/checkpoints/ with it), "
+        "or train from scratch with --no-pretrained (make: TRAIN_ARGS=--no-pretrained).")
+
+
+def imagenet_weights(name: str):
+    """torchvision's ImageNet weights enum member for a model of PRETRAINED_AVAILABLE."""
+    import torchvision.models as tvm
+
+    return {"resnet18": tvm.ResNet18_Weights, "inception_v3": tvm.Inception_V3_Weights,
+            "efficientnet_b0": tvm.EfficientNet_B0_Weights}[name].IMAGENET1K_V1
+
+
+def fetch_imagenet_weights(names: list[str]) -> None:
+    """Download (or find in torch.hub's cache) and check each named model's ImageNet weights, so
+    a machine without them says so before the first model trains, not hours later at the second."""
+    for name in names:
+        weights = imagenet_weights(name)
+        try:
+            weights.get_state_dict(progress=True, check_hash=True)  # what building the model loads
+        except (OSError, RuntimeError) as e:
+            raise _weights_error(weights, e) from e
 
 
 def forward_logits(model: MelClassifier, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
