@@ -75,10 +75,28 @@ def _read_kaggle_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return {}  # the kaggle client ignores such a file too; kaggle_json_problem says what is wrong with it
     if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         print(f"warning: {path} is readable by other users; run `chmod 600 {path}`", file=sys.stderr)
     return data if isinstance(data, dict) else {}
+
+
+def kaggle_json_problem(path: Path) -> str | None:
+    """What keeps the kaggle.json at path from giving the client a username and a key (where the
+    environment does not): 'is not valid JSON (...)' or 'lacks "key"'. None when it is absent or fine.
+    Never quotes the file: the key is in it."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except OSError:
+        return None  # unreadable: the generic message, naming the path, is the best we can say
+    except ValueError as e:  # the decoder's position, never the text around it
+        return f"is not valid JSON ({e})"
+    data = data if isinstance(data, dict) else {}
+    lacking = [f'"{name}"' for name in ("username", "key")
+               if not data.get(name) and not os.environ.get(f"KAGGLE_{name.upper()}")]
+    return f"lacks {' and '.join(lacking)}" if lacking else None
 
 
 def _access_token() -> Credentials | None:
@@ -125,10 +143,20 @@ def missing_credentials_message() -> str:
     )
 
 
+def broken_kaggle_json_message(config: Path, problem: str) -> str:
+    return (
+        f"{config} {problem}, so it holds no usable Kaggle API credentials.\n"
+        f'  Create a new token at {SETTINGS_URL} ("Create New Token"), save the downloaded kaggle.json in its\n'
+        f"  place and run `chmod 600 {config}`. Then rerun."
+    )
+
+
 def require_credentials() -> Credentials:
     creds = find_credentials()
     if creds is None:
-        raise DownloadError(missing_credentials_message())
+        config = kaggle_config_dir() / "kaggle.json"
+        problem = kaggle_json_problem(config)
+        raise DownloadError(broken_kaggle_json_message(config, problem) if problem else missing_credentials_message())
     return creds
 
 

@@ -261,6 +261,50 @@ def test_without_kaggle_config_dir_the_message_names_the_documented_home_path(en
     assert capsys.readouterr().err == MISSING_CREDENTIALS.format(config=config)
 
 
+@pytest.mark.parametrize("content, problem", [
+    ('{"username": "tester", key: }', "is not valid JSON (Expecting property name enclosed in double quotes: "
+                                      "line 1 column 24 (char 23))"),
+    (f'{{"username": "tester", "key": {FAKE_KEY}}}', "is not valid JSON (Expecting value: line 1 column 31 (char 30))"),
+    ("", "is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+    ('{"username": "tester"}', 'lacks "key"'),
+    (f'{{"key": "{FAKE_KEY}"}}', 'lacks "username"'),
+    (f'["tester", "{FAKE_KEY}"]', 'lacks "username" and "key"'),
+], ids=["unquoted name", "unquoted key", "empty", "no key", "no username", "a list"])
+def test_a_malformed_kaggle_json_says_what_is_wrong_with_it_and_to_replace_it(env, monkeypatch, capsys, content,
+                                                                               problem):
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    config = Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    config.parent.mkdir()
+    config.write_text(content)
+    config.chmod(0o600)
+
+    assert run(env / COMPETITION) == 1
+
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"error: {config} {problem}, so it holds no usable Kaggle API credentials.\n"
+        '  Create a new token at https://www.kaggle.com/settings/api ("Create New Token"), save the downloaded '
+        "kaggle.json in its\n"
+        f"  place and run `chmod 600 {config}`. Then rerun.\n"
+    )
+    assert captured.out == ""
+    assert_no_secret(captured.err)
+    assert list(env.iterdir()) == []
+
+
+def test_a_kaggle_json_lacking_only_what_the_environment_gives_is_not_blamed_for_it(env, monkeypatch, capsys):
+    monkeypatch.delenv("KAGGLE_KEY")  # KAGGLE_USERNAME stays: kaggle.json needs only the key
+    config = Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    config.parent.mkdir()
+    config.write_text('{"user": "tester"}')
+    config.chmod(0o600)
+
+    assert run(env / COMPETITION) == 1
+
+    assert capsys.readouterr().err.startswith(f'error: {config} lacks "key", so it holds no usable')
+
+
 def test_unaccepted_rules_say_to_accept_them_on_the_rules_page(env, fake, capsys):
     fake.fail_with = 403
 
