@@ -31,7 +31,8 @@ from pathlib import Path, PurePosixPath
 
 import requests
 
-from data.layout import REQUIRED_ENTRIES, LayoutError, LayoutReport, find_metadata, missing_entries, validate_layout
+from data.layout import (DEFAULT_COMPETITION, REQUIRED_ENTRIES, LayoutError, LayoutReport, find_metadata,
+                         missing_entries, validate_layout)
 from data.paths import free_bytes, human_bytes
 
 SETTINGS_URL = "https://www.kaggle.com/settings/api"
@@ -258,7 +259,8 @@ def http_error_message(error: requests.HTTPError, competition: str, creds: Crede
     if status == 404:
         return (
             f"Kaggle has no competition named '{competition}' (HTTP 404: {said}).\n"
-            "  Check --competition: BirdCLEF slugs look like birdclef-2024 or birdclef-2025."
+            "  Check the slug (COMPETITION= with make, --competition with python -m data.download): BirdCLEF\n"
+            "  slugs look like birdclef-2024 or birdclef-2025."
         )
     return f"Kaggle answered HTTP {status} ({said}) for {competition}; try again later."
 
@@ -275,6 +277,23 @@ def _connection_reason(error: Exception) -> str:
     if "ProxyError" in text or "proxy" in text.lower():
         return "proxy error"
     return type(error).__name__
+
+
+def make_data_command(competition: str, out: Path, data_args: str) -> str:
+    """The `make data` line that downloads competition into out with data_args, leaving out what the
+    Makefile's defaults already give (DATA is data/<COMPETITION>; COMPETITION is DATA's folder name
+    where that is a BirdCLEF slug, else birdclef-2024)."""
+    words = ["make", "data"]
+    if out == Path("data") / competition:
+        if competition != DEFAULT_COMPETITION:
+            words.append(f"COMPETITION={competition}")
+    else:
+        implied = out.name if out.name.startswith("birdclef-") else DEFAULT_COMPETITION
+        if competition != implied:
+            words.append(f"COMPETITION={competition}")
+        words.append(f"DATA={out}")
+    words.append(f'DATA_ARGS="{data_args}"' if " " in data_args else f"DATA_ARGS={data_args}")
+    return " ".join(words)
 
 
 def manual_download_hint(competition: str, out: Path) -> str:
@@ -314,7 +333,8 @@ def check_space(folder: Path, needed: int, purpose: str) -> None:
         raise DownloadError(
             f"not enough free disk space in {folder} to {purpose}: need {human_bytes(needed)} ({needed} bytes), "
             f"have {human_bytes(available)} ({available} bytes).\n"
-            "  Free some space, or pass --out on a disk with more room."
+            "  Free some space, or put the dataset on a disk with more room: add DATA=<a folder there> to the make\n"
+            "  command (--out <a folder there> with python -m data.download)."
         )
 
 
@@ -469,8 +489,9 @@ def unpack_and_install(zip_path: Path, out: Path) -> LayoutReport:
     return dataclasses.replace(report, data_dir=out)
 
 
-def existing_dataset(out: Path) -> LayoutReport | None:
-    """The report of the valid dataset already in out; None when out is absent or empty."""
+def existing_dataset(out: Path, force_command: str) -> LayoutReport | None:
+    """The report of the valid dataset already in out; None when out is absent or empty.
+    force_command: the `make data` line that replaces it, for the message."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return None
     if not out.is_dir():
@@ -486,7 +507,7 @@ def existing_dataset(out: Path) -> LayoutReport | None:
             reason = problem(report)
     raise DownloadError(
         f"{out} exists but does not hold a valid dataset ({reason}).\n"
-        "  Move it away, or rerun with --force to replace it."
+        f"  Move it away, or rerun with --force to replace it; through make: {force_command}"
     )
 
 
@@ -529,9 +550,13 @@ def redact(text: str, secrets: list[str]) -> str:
 def run(args: argparse.Namespace, out: Path, secrets: list[str]) -> LayoutReport | None:
     """The stage itself; returns the report to print, or None when there was nothing to do."""
     if not args.force:
-        report = existing_dataset(out)
+        again = "--force" if args.zip is None else f"--zip {args.zip} --force"
+        force_command = make_data_command(args.competition, out, again)
+        report = existing_dataset(out, force_command)
         if report is not None:
-            print(f"{out} already holds a valid dataset; nothing to do (use --force to download it again)")
+            what = "download it again" if args.zip is None else f"unpack {args.zip} over it"
+            print(f"{out} already holds a valid dataset; nothing to do (to {what}, rerun with --force; "
+                  f"through make: {force_command})")
             print(report.format())
             return None
     if args.zip is not None:

@@ -9,6 +9,7 @@ import base64
 import io
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -355,7 +356,8 @@ def test_an_unknown_competition_says_to_check_the_slug(env, fake, capsys):
 
     assert capsys.readouterr().err == (
         "error: Kaggle has no competition named 'birdclef-1999' (HTTP 404: Competition not found).\n"
-        "  Check --competition: BirdCLEF slugs look like birdclef-2024 or birdclef-2025.\n"
+        "  Check the slug (COMPETITION= with make, --competition with python -m data.download): BirdCLEF\n"
+        "  slugs look like birdclef-2024 or birdclef-2025.\n"
     )
 
 
@@ -410,7 +412,8 @@ def test_too_little_disk_space_names_the_bytes_needed_and_available(env, fake, a
     assert capsys.readouterr().err == (
         f"error: not enough free disk space in {env / (COMPETITION + '.partial')} to download and unpack "
         f"{COMPETITION}: need {needed / 1e6:.1f} MB ({needed} bytes), have 1.0 KB (1000 bytes).\n"
-        "  Free some space, or pass --out on a disk with more room.\n"
+        "  Free some space, or put the dataset on a disk with more room: add DATA=<a folder there> to the make\n"
+        "  command (--out <a folder there> with python -m data.download).\n"
     )
     assert fake.calls("archive")[0]["range"] is None  # asked, then stopped before streaming the body
     assert not (env / COMPETITION).exists()
@@ -425,7 +428,8 @@ def test_an_already_present_dataset_is_not_downloaded_again(env, fake, capsys):
     assert run(out) == 0
 
     assert capsys.readouterr().out.startswith(
-        f"{out} already holds a valid dataset; nothing to do (use --force to download it again)\n"
+        f"{out} already holds a valid dataset; nothing to do (to download it again, rerun with --force; through "
+        f"make: make data DATA={out} DATA_ARGS=--force)\n"
         + report_lines(out)
     )
     assert len(fake.requests) == asked
@@ -454,9 +458,35 @@ def test_an_out_folder_holding_something_else_is_left_alone_without_force(env, c
         f"error: {out} exists but does not hold a valid dataset (DATA={out} is not in the Kaggle BirdCLEF layout: "
         "missing train_audio, train_metadata.csv or train.csv, sample_submission.csv (expected train_audio, "
         "train_metadata.csv or train.csv, sample_submission.csv)).\n"
-        "  Move it away, or rerun with --force to replace it.\n"
+        f"  Move it away, or rerun with --force to replace it; through make: make data DATA={out} DATA_ARGS=--force\n"
     )
     assert tree(out) == {"notes.txt": b"mine"}
+
+
+@pytest.mark.parametrize("competition, out, zip_name, command", [
+    ("birdclef-2024", "data/birdclef-2024", None, "make data DATA_ARGS=--force"),
+    ("birdclef-2025", "data/birdclef-2025", None, "make data COMPETITION=birdclef-2025 DATA_ARGS=--force"),
+    ("birdclef-2025", "elsewhere/birdclef-2025", None, "make data DATA=elsewhere/birdclef-2025 DATA_ARGS=--force"),
+    ("birdclef-2025", "mine", None, "make data COMPETITION=birdclef-2025 DATA=mine DATA_ARGS=--force"),
+    ("birdclef-2024", "mine", "b.zip", 'make data DATA=mine DATA_ARGS="--zip b.zip --force"'),
+], ids=["the default", "another year", "a folder named after it elsewhere", "any other folder", "a zip"])
+def test_the_make_command_that_replaces_a_folder_reruns_the_same_download_with_force(env, monkeypatch, capsys,
+                                                                                     competition, out, zip_name,
+                                                                                     command):
+    monkeypatch.chdir(env)
+    Path(out).mkdir(parents=True)
+    (Path(out) / "notes.txt").write_text("mine")
+
+    args = ["--competition", competition, "--out", out] + (["--zip", zip_name] if zip_name else [])
+    assert download.main(args) == 1
+
+    assert capsys.readouterr().err.endswith(
+        f"  Move it away, or rerun with --force to replace it; through make: {command}\n")
+    # What make runs for that line (the user's shell's COMPETITION and DATA aside): this same download, with --force.
+    shell = {k: v for k, v in os.environ.items() if k not in ("COMPETITION", "DATA")}
+    dry = subprocess.run([*shlex.split(command), "-n", "VENV=.venv"], cwd=REPO, capture_output=True, text=True,
+                         check=True, env=shell).stdout
+    assert "-m data.download " + " ".join([*args, "--force"]) + "\n" in dry
 
 
 @pytest.mark.parametrize("scenario", ["ok", "401", "403", "dropped"])
