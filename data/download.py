@@ -31,8 +31,8 @@ from pathlib import Path, PurePosixPath
 
 import requests
 
-from data.layout import (DEFAULT_COMPETITION, REQUIRED_ENTRIES, LayoutError, LayoutReport, find_metadata,
-                         missing_entries, validate_layout)
+from data.layout import (DEFAULT_COMPETITION, LONG_TABLE_COMPETITIONS, REQUIRED_ENTRIES, TEST_SOUNDSCAPE_S,
+                         LayoutError, LayoutReport, find_metadata, missing_entries, validate_layout)
 from data.paths import free_bytes, human_bytes
 
 SETTINGS_URL = "https://www.kaggle.com/settings/api"
@@ -43,6 +43,24 @@ SPACE_FACTOR = 2.2
 
 class DownloadError(Exception):
     """A failure the user can fix; main prints it as `error: <message>`, without a traceback."""
+
+
+# ---------------------------------------------------------------- the competition
+
+
+def refuse_unsupported(competition: str) -> None:
+    """2021-2022 by name, before anything is downloaded (their data is gigabytes that the layout check
+    would refuse only after unpacking). A slug the kit does not know yet goes ahead: Kaggle and the layout
+    check judge it."""
+    if competition in LONG_TABLE_COMPETITIONS:
+        example = sorted(TEST_SOUNDSCAPE_S)[-1]
+        raise DownloadError(
+            f"the kit does not support {competition}: BirdCLEF 2021-2022 scored a long table (row_id + the species "
+            "heard),\n"
+            "  and the kit writes one probability column per class, the format of BirdCLEF 2023-2025.\n"
+            f"  Choose one of {', '.join(sorted(TEST_SOUNDSCAPE_S))}: make data COMPETITION={example}\n"
+            f"  (--competition {example} with python -m data.download)."
+        )
 
 
 # ---------------------------------------------------------------- credentials
@@ -532,7 +550,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "KAGGLE_USERNAME + KAGGLE_KEY, or KAGGLE_API_TOKEN.",
     )
     add = parser.add_argument
-    add("--competition", default="birdclef-2024", help="competition slug, any BirdCLEF year (default: %(default)s)")
+    add("--competition", default="birdclef-2024",
+        help="competition slug: a BirdCLEF year from 2023 on, 2021-2022 are refused (default: %(default)s)")
     add("--out", type=Path, help="dataset folder (default: data/<competition>)")
     add("--zip", type=Path, help="unpack this hand-downloaded archive instead (offline, no credentials needed)")
     add("--force", action="store_true", help="replace a valid dataset already in --out, downloading it again")
@@ -549,6 +568,7 @@ def redact(text: str, secrets: list[str]) -> str:
 
 def run(args: argparse.Namespace, out: Path, secrets: list[str]) -> LayoutReport | None:
     """The stage itself; returns the report to print, or None when there was nothing to do."""
+    refuse_unsupported(args.competition)
     if not args.force:
         again = "--force" if args.zip is None else f"--zip {args.zip} --force"
         force_command = make_data_command(args.competition, out, again)

@@ -351,14 +351,30 @@ def test_rejected_credentials_say_to_create_a_new_token(env, fake, capsys):
     assert list(env.iterdir()) == []
 
 
-def test_an_unknown_competition_says_to_check_the_slug(env, fake, capsys):
-    assert download.main(["--competition", "birdclef-1999", "--out", str(env / "x")]) == 1
+@pytest.mark.parametrize("competition", ["birdclef-1999", "birdclef-2026"])  # a typo; a year the kit does not know yet
+def test_an_unknown_competition_is_asked_of_kaggle_which_says_to_check_the_slug(env, fake, capsys, competition):
+    assert download.main(["--competition", competition, "--out", str(env / "x")]) == 1
 
     assert capsys.readouterr().err == (
-        "error: Kaggle has no competition named 'birdclef-1999' (HTTP 404: Competition not found).\n"
+        f"error: Kaggle has no competition named '{competition}' (HTTP 404: Competition not found).\n"
         "  Check the slug (COMPETITION= with make, --competition with python -m data.download): BirdCLEF\n"
         "  slugs look like birdclef-2024 or birdclef-2025.\n"
     )
+
+
+@pytest.mark.parametrize("competition", ["birdclef-2021", "birdclef-2022"])
+def test_a_long_table_year_is_refused_before_anything_is_asked_of_kaggle(env, fake, capsys, competition):
+    assert download.main(["--competition", competition, "--out", str(env / competition)]) == 1
+
+    assert capsys.readouterr().err == (
+        f"error: the kit does not support {competition}: BirdCLEF 2021-2022 scored a long table (row_id + the "
+        "species heard),\n"
+        "  and the kit writes one probability column per class, the format of BirdCLEF 2023-2025.\n"
+        "  Choose one of birdclef-2023, birdclef-2024, birdclef-2025: make data COMPETITION=birdclef-2025\n"
+        "  (--competition birdclef-2025 with python -m data.download).\n"
+    )
+    assert fake.requests == []
+    assert list(env.iterdir()) == []
 
 
 def test_an_unreachable_kaggle_says_to_check_the_network_or_use_zip(env, capsys):
