@@ -39,11 +39,19 @@ def test_each_model_takes_one_backward_step(name):
     assert changed > 0.9 * len(before)
 
 
-def test_inception_trains_with_its_auxiliary_logits_and_exports_without_them():
+def test_inception_trains_with_its_auxiliary_logits_and_exports_without_them(tmp_path):
+    import onnx
+
+    from export.to_onnx import export_graph
+
     model = build_model("inception_v3", num_classes=4)
     logits, aux = forward_logits(model.train(), torch.rand(2, *FEATURES))
     assert logits.shape == aux.shape == (2, 4)
-    assert isinstance(model.eval()(torch.rand(2, *FEATURES)), torch.Tensor)
+    model.eval()
+    export_graph(model, torch.rand(1, *FEATURES), tmp_path / "inception.onnx", opset=18)  # what `make export` runs
+    graph = onnx.load(tmp_path / "inception.onnx").graph
+    assert len(graph.output) == 1  # the main logits alone
+    assert graph.output[0].type.tensor_type.shape.dim[-1].dim_value == 4
 
 
 def test_inputs_are_resized_to_each_architectures_input_size():

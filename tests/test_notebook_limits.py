@@ -88,10 +88,20 @@ def test_the_timing_records_when_each_soundscape_was_written_in_order(bad_run):
     assert all(0 < a <= b for a, b in zip(timing.done_s, timing.done_s[1:]))
 
 
-def test_a_stereo_44k_file_gives_the_same_rows_as_its_32k_mono_version(model, bad_test_folder, tmp_path):
-    stereo = soundscape_features(bad_test_folder / "e_stereo_44k.wav", model.features)
-    mono = soundscape_features(bad_test_folder / "a_good.ogg", model.features)
-    assert stereo.feats.shape == mono.feats.shape == (48, *model.features.shape)
+def test_a_stereo_44k_file_gives_the_features_of_its_mono_mix_at_32k(model, tmp_path):
+    import librosa
+
+    y = chirps(30, 44_100)
+    side = 3 * np.random.default_rng(1).standard_normal(len(y)).astype(np.float32) * y.std()
+    sf.write(tmp_path / "stereo.wav", np.stack([y + side, y - side], axis=1), 44_100, subtype="FLOAT")  # mix = y
+    sf.write(tmp_path / "mono.wav", librosa.resample(y, orig_sr=44_100, target_sr=SR, res_type="soxr_hq"), SR,
+             subtype="FLOAT")
+    sf.write(tmp_path / "left.wav", y + side, 44_100, subtype="FLOAT")  # what taking one channel would give
+    stereo, mono, left = (soundscape_features(tmp_path / f"{name}.wav", model.features).feats
+                          for name in ("stereo", "mono", "left"))
+    assert stereo.shape == mono.shape == (6, *model.features.shape)
+    assert np.abs(stereo - mono).max() < 1e-3  # the same up to float16 rounding of the cache format
+    assert np.abs(left - mono).mean() > 0.1
 
 
 def test_a_ten_minute_2023_soundscape_gets_120_rows_up_to_600_s(model, tiny_dataset, tmp_path):
