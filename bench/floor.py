@@ -30,7 +30,7 @@ import pandas as pd
 from data.features import FeatureConfig
 from data.layout import LayoutError, class_list, read_metadata
 from data.paths import Workspace, output_root
-from data.preprocess import FeatureCache, PreprocessConfig, ensure_cache
+from data.preprocess import FeatureCache, PreprocessConfig, PreprocessError, ensure_cache
 from data.split import recording_folds
 from train.metrics import accuracy, macro_roc_auc
 
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     print("config:", json.dumps(asdict(cfg)))
     try:
         result = run_floor(Path(args.data), cfg, progress=not args.no_progress)
-    except (FloorError, LayoutError) as e:
+    except (FloorError, LayoutError, PreprocessError) as e:  # refusals say what to do; no stack trace
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(result))

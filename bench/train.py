@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.layout import LayoutError
 from data.paths import output_root
-from data.preprocess import PreprocessConfig, ensure_cache
+from data.preprocess import PreprocessConfig, PreprocessError, ensure_cache
 from train.config import config_for
 from train import dist
 from train.loop import (
@@ -128,9 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     out = output_root() / "bench" / "out"
     scratch = out / "train_scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    rows = [bench(m, Path(args.data), device, args.steps, args.warmup, scratch, args.num_workers)
-            for m in args.models]
-    shutil.rmtree(scratch)  # the measurement's checkpoints: nothing to keep
+    try:
+        rows = [bench(m, Path(args.data), device, args.steps, args.warmup, scratch, args.num_workers)
+                for m in args.models]
+    except (LayoutError, PreprocessError, ValueError) as e:  # refusals say what to do; no stack trace
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the measurement's checkpoints: nothing to keep
     print(f"\nbench-train on {device_name(device)}, data {Path(args.data).name}")
     print(f"{'model':14s} {'batch':>5s} {'workers':>7s} {'real samples/s':>15s} {'ceiling samples/s':>18s} {'ratio':>6s} "
           f"{'epoch s: training':>18s} {'outside':>8s}")

@@ -37,14 +37,18 @@ import pandas as pd
 
 from data.features import (DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, audio_to_features,
                            load_finite_audio, n_windows)
-from data.layout import metadata_path, read_metadata
+from data.layout import LayoutError, metadata_path, read_metadata
 from data.paths import Workspace, free_bytes, human_bytes
 
 ENTRY_FIELDS = ["filename", "status", "first_row", "n_windows", "detail"]
 STORE_DTYPE = np.float16
 
 
-class DiskSpaceError(RuntimeError):
+class PreprocessError(RuntimeError):
+    """A refusal that says what to do: the command-line entry points print it, not a traceback."""
+
+
+class DiskSpaceError(PreprocessError):
     """The cache would not fit on its disk: refused before anything is written."""
 
 
@@ -94,7 +98,7 @@ class CacheWriter:
         if path.exists():
             old = json.loads(path.read_text())
             if old != header:
-                raise RuntimeError(f"{path} describes other features than this run: {old} vs {header}. "
+                raise PreprocessError(f"{path} describes other features than this run: {old} vs {header}. "
                                    "Delete the folder to rebuild it.")
             return
         _atomic_write_text(path, json.dumps(header, indent=2))
@@ -143,7 +147,7 @@ def _exclusive_lock(path: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise RuntimeError(f"another preprocess is writing {path.parent} right now; wait for it to finish") from None
+        raise PreprocessError(f"another preprocess is writing {path.parent} right now; wait for it to finish") from None
     return f
 
 
@@ -487,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     print("config:", json.dumps({**cfg.__dict__, "data_dir": str(cfg.data_dir), "features": cfg.features.to_dict()}))
     try:
         preprocess(cfg)
-    except DiskSpaceError as e:
+    except (LayoutError, PreprocessError) as e:  # refusals say what to do; no stack trace
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -195,3 +195,57 @@ def test_progress_false_draws_no_progress_bar(tiny_dataset, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "features:" not in captured.err and "rec/s" not in captured.err and "windows=" not in captured.err
     assert "recordings ->" in captured.out
+
+
+# ---------------------------------------------------------------- a new user's mistakes, refused without a traceback
+
+
+def tiny_layout(folder: Path, header: str = "primary_label,secondary_labels,filename",
+                rows: tuple[str, ...] = ("falswe1,[],falswe1/XC1.ogg",)) -> Path:
+    """The Kaggle layout with no audio in it: enough for every refusal that comes before decoding."""
+    (folder / "train_audio").mkdir(parents=True)
+    (folder / "train_metadata.csv").write_text("\n".join([header, *rows]) + "\n")
+    (folder / "sample_submission.csv").write_text("row_id,falswe1\n")
+    return folder
+
+
+def layout_fault(tmp_path: Path, fault: str) -> tuple[Path, str]:
+    """A dataset folder with one layout fault, and the refusal it must get."""
+    data = tmp_path / fault
+    if fault == "no folder":
+        return data, (f"DATA={data} does not exist: check the path, or download a competition into it with `make data "
+                      f"DATA={data} COMPETITION=<slug>` (a folder named after the competition, e.g. data/birdclef-2024, "
+                      "needs no COMPETITION), run `make sample` for the embedded sample, or point DATA= at a folder in "
+                      "the Kaggle layout.")
+    tiny_layout(data, header="species,secondary_labels,filename" if fault == "no primary_label" else
+                "primary_label,secondary_labels,filename")
+    if fault in ("no train_audio", "no sample_submission.csv"):
+        missing = fault.removeprefix("no ")
+        shutil.rmtree(data / missing) if missing == "train_audio" else (data / missing).unlink()
+        return data, (f"DATA={data} is not in the Kaggle BirdCLEF layout: missing {missing} (expected train_audio, "
+                      "train_metadata.csv or train.csv, sample_submission.csv)")
+    return data, f"{data / 'train_metadata.csv'} lacks the column(s) ['primary_label']"
+
+
+LAYOUT_FAULTS = ["no folder", "no train_audio", "no sample_submission.csv", "no primary_label"]
+
+
+@pytest.mark.parametrize("fault", LAYOUT_FAULTS)
+def test_preprocess_refuses_a_dataset_not_in_the_kaggle_layout_with_its_error_and_exit_code_1(fault, tmp_path, capsys):
+    from data.preprocess import main as preprocess_main
+
+    data, message = layout_fault(tmp_path, fault)
+    assert preprocess_main(["--data", str(data), "--no-progress"]) == 1
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("fault", LAYOUT_FAULTS)
+def test_bench_train_refuses_a_dataset_not_in_the_kaggle_layout_with_its_error_and_exit_code_1(fault, tmp_path,
+                                                                                                monkeypatch, capsys):
+    from bench.train import main as bench_train_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    data, message = layout_fault(tmp_path, fault)
+    assert bench_train_main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "root" / "bench" / "out" / "train_scratch").exists()  # nothing left behind
