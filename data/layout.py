@@ -129,6 +129,9 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
     lacking = [c for c in ("primary_label", "filename") if c not in meta.columns]
     if lacking:
         raise LayoutError(f"{path} lacks the column(s) {lacking}")
+    if meta.empty:  # else every stage runs on nothing and fails later, far from the cause
+        raise LayoutError(f"{path} has no rows: it names no recording to train on. Restore the competition's file "
+                          "(`make data` downloads and checks it) or add one row per file under train_audio/")
     meta["secondary_labels"] = meta.get("secondary_labels", "").map(parse_list)
     meta = meta.drop_duplicates("filename").sort_values("filename").reset_index(drop=True)
     return meta

@@ -249,3 +249,18 @@ def test_bench_train_refuses_a_dataset_not_in_the_kaggle_layout_with_its_error_a
     assert bench_train_main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"]) == 1
     assert capsys.readouterr().err == f"error: {message}\n"
     assert not (tmp_path / "root" / "bench" / "out" / "train_scratch").exists()  # nothing left behind
+
+
+def test_a_metadata_with_a_header_and_no_rows_is_refused_by_preprocess_and_train(tmp_path, monkeypatch, capsys):
+    from data.preprocess import main as preprocess_main
+    from train.__main__ import main as train_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    data = tiny_layout(tmp_path / "header_only", rows=())
+    message = (f"error: {data / 'train_metadata.csv'} has no rows: it names no recording to train on. Restore the "
+               "competition's file (`make data` downloads and checks it) or add one row per file under train_audio/\n")
+    assert preprocess_main(["--data", str(data), "--no-progress"]) == 1
+    assert capsys.readouterr().err == message
+    assert train_main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == message
+    assert not (tmp_path / "root").exists()  # refused before a cache or a run folder was made
