@@ -5,7 +5,8 @@ The cache, one folder per dataset and feature fingerprint (data/cache/<name>/<fi
     features.json   FeatureConfig, window shape and dtype
     features.f16    raw float16 rows of [n_mels, n_frames], memory-mappable
     entries.csv     the index: one line per recording (filename,status,first_row,n_windows,detail)
-    complete.json   written when every recording of train_metadata.csv has an entry
+    complete.json   written when every recording of train_metadata.csv has an entry (and one at least
+                    decoded: a run where none did is refused, NoReadableAudioError)
 
 A recording that cannot become features is committed as skipped (or missing) with the reason in
 `detail`; one kept in part (a truncated Ogg file, pages dropped for a bad checksum) is ok with a
@@ -50,6 +51,10 @@ class PreprocessError(RuntimeError):
 
 class DiskSpaceError(PreprocessError):
     """The cache would not fit on its disk: refused before anything is written."""
+
+
+class NoReadableAudioError(PreprocessError):
+    """Not one recording decoded: there is nothing to train on, and the cause is the data, not a file."""
 
 
 @dataclass(frozen=True)
@@ -378,6 +383,7 @@ def _run_jobs(jobs: list, workers: int):
 
 def _finish(cache_dir: Path, data_dir: Path, meta: pd.DataFrame, seconds: float, windows_done: int,
             shard: tuple[int, int] | None = None) -> None:
+    """Report the run; mark the cache complete unless not one recording of a whole run decoded."""
     entries = read_entries(cache_dir)
     entries = entries[entries.filename.isin(set(meta.filename))]
     ok = entries[entries.status == "ok"]
@@ -390,7 +396,14 @@ def _finish(cache_dir: Path, data_dir: Path, meta: pd.DataFrame, seconds: float,
         "skipped": int(len(bad)),
         "windows": int(ok.n_windows.sum()),
     }
+    _print_summary(cache_dir, summary, ok, bad, seconds, windows_done)
+    if shard is None and len(bad) and not len(ok):  # a shard may be unlucky; the merged whole may not
+        raise NoReadableAudioError(nothing_readable(data_dir, cache_dir, bad))
     _atomic_write_text(cache_dir / "complete.json", json.dumps(summary, indent=2))
+
+
+def _print_summary(cache_dir: Path, summary: dict, ok: pd.DataFrame, bad: pd.DataFrame, seconds: float,
+                   windows_done: int) -> None:
     rate = f", {windows_done / seconds:.1f} windows/s" if seconds > 0 and windows_done else ""
     print(f"preprocess: {summary['ok']} recordings -> {summary['windows']} windows cached{rate}")
     noted = ok[ok.detail != ""]
@@ -401,6 +414,16 @@ def _finish(cache_dir: Path, data_dir: Path, meta: pd.DataFrame, seconds: float,
                 print(f"  {r.status:8s} {r.filename}: {r.detail}")
             if len(rows) > 20:
                 print(f"  ... and {len(rows) - 20} more in {cache_dir / 'entries.csv'}")
+
+
+def nothing_readable(data_dir: Path, cache_dir: Path, bad: pd.DataFrame) -> str:
+    """The refusal when every recording failed. Their failures are committed to the journal, so
+    a rerun would not retry them: the fixed files need a fresh cache."""
+    missing = int((bad.status == "missing").sum())
+    of_them = f", {missing} of them missing" if missing else ""
+    return (f"all {len(bad)} recordings of {data_dir} are unreadable{of_them} (reasons in {cache_dir / 'entries.csv'}), "
+            f"so there is nothing to train on: check the files under {data_dir / 'train_audio'} (an interrupted copy "
+            f"or unzip? `make data` checks a download), then delete {cache_dir} and rerun")
 
 
 def cache_is_current(cache_dir: Path, data_dir: Path) -> bool:

@@ -264,3 +264,31 @@ def test_a_metadata_with_a_header_and_no_rows_is_refused_by_preprocess_and_train
     assert train_main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"]) == 1
     assert capsys.readouterr().err == message
     assert not (tmp_path / "root").exists()  # refused before a cache or a run folder was made
+
+
+def test_a_dataset_whose_every_recording_is_unreadable_is_refused_by_preprocess_train_and_floor(tmp_path, monkeypatch,
+                                                                                                 capsys):
+    from bench.floor import main as floor_main
+    from data.preprocess import main as preprocess_main
+    from train.__main__ import main as train_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    data = tiny_layout(tmp_path / "all_bad", rows=("falswe1,[],falswe1/XC1.ogg", "falswe1,[],falswe1/XC2.ogg",
+                                                   "falswe1,[],falswe1/XC3.ogg"))
+    (data / "train_audio" / "falswe1").mkdir()
+    (data / "train_audio" / "falswe1" / "XC1.ogg").write_bytes(b"not audio at all")
+    (data / "train_audio" / "falswe1" / "XC2.ogg").write_bytes(b"")  # XC3.ogg is missing
+    cache_dir = cache_dir_for(data, FeatureConfig())
+    message = (f"error: all 3 recordings of {data} are unreadable, 1 of them missing (reasons in "
+               f"{cache_dir / 'entries.csv'}), so there is nothing to train on: check the files under "
+               f"{data / 'train_audio'} (an interrupted copy or unzip? `make data` checks a download), then delete "
+               f"{cache_dir} and rerun\n")
+    assert preprocess_main(["--data", str(data), "--workers", "1", "--no-progress"]) == 1
+    assert capsys.readouterr().err == message
+    statuses = read_entries(cache_dir).set_index("filename").status.to_dict()
+    assert statuses == {"falswe1/XC1.ogg": "skipped", "falswe1/XC2.ogg": "skipped", "falswe1/XC3.ogg": "missing"}
+    assert not (cache_dir / "complete.json").exists()  # so every later stage asks again, and is refused again
+    assert train_main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == message
+    assert floor_main(["--data", str(data), "--no-progress"]) == 1
+    assert capsys.readouterr().err == message
