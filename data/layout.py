@@ -106,7 +106,13 @@ def metadata_path(data_dir: Path) -> Path:
 def parse_list(text) -> list[str]:
     """'['a', 'b']' (a Python-list string, as Kaggle writes them) -> ['a', 'b'].
 
-    BirdCLEF 2025 writes "['']" for no secondary label: empty names are dropped."""
+    BirdCLEF 2025 writes "['']" for no secondary label: empty names are dropped. Text that is not
+    a list reads as no labels (read_metadata warns about it)."""
+    return _list_or_none(text) or []
+
+
+def _list_or_none(text) -> list[str] | None:
+    """parse_list, but None for text that is not a list literal."""
     if isinstance(text, list):
         return text
     if not isinstance(text, str) or not text.strip():
@@ -114,9 +120,9 @@ def parse_list(text) -> list[str]:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return []
+        return None
     if not isinstance(value, (list, tuple)):
-        return []
+        return None
     return [str(v).strip() for v in value if str(v).strip()]
 
 
@@ -132,9 +138,47 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
     if meta.empty:  # else every stage runs on nothing and fails later, far from the cause
         raise LayoutError(f"{path} has no rows: it names no recording to train on. Restore the competition's file "
                           "(`make data` downloads and checks it) or add one row per file under train_audio/")
-    meta["secondary_labels"] = meta.get("secondary_labels", "").map(parse_list)
+    refuse_empty_primary_labels(path, meta)
+    meta["secondary_labels"] = secondary_labels(path, meta)
     meta = meta.drop_duplicates("filename").sort_values("filename").reset_index(drop=True)
     return meta
+
+
+def _rows(meta: pd.DataFrame, where: pd.Series, show: int = 5, value: str | None = None) -> str:
+    """'line 3 (a/XC1.ogg), line 7 (b/XC2.ogg) (+2 more)': the file's lines of the rows `where` marks.
+    The header is line 1 (BirdCLEF's metadata holds no line break inside a field)."""
+    picked = meta[where]
+    shown = [f"line {i + 2} ({r['filename']}" + (f": {r[value]!r}" if value else "") + ")"
+             for i, r in picked.head(show).iterrows()]
+    return ", ".join(shown) + (f" (+{len(picked) - show} more)" if len(picked) > show else "")
+
+
+def refuse_empty_primary_labels(path: Path, meta: pd.DataFrame) -> None:
+    """A row without a species would train a class named ''."""
+    empty = meta.primary_label.str.strip() == ""
+    if empty.any():
+        raise LayoutError(f"{path} has an empty primary_label on {_rows(meta, empty)}: every recording needs its "
+                          "species (the name of its train_audio/ folder): fill it in, or delete the row")
+
+
+_WARNED: set[tuple[str, str]] = set()  # (metadata, lines) already warned about: once per command, not per stage
+
+
+def secondary_labels(path: Path, meta: pd.DataFrame) -> pd.Series:
+    """The parsed secondary_labels ([] where the column is absent). Text that is not a list is read
+    as no labels, as before, with one warning naming its rows: they are extra targets, not worth a
+    refusal, but a silently lost label is a wrong answer."""
+    if "secondary_labels" not in meta.columns:
+        return pd.Series([[] for _ in range(len(meta))], index=meta.index, dtype=object)
+    parsed = meta.secondary_labels.map(_list_or_none)
+    bad = parsed.isna()
+    if bad.any():
+        where = _rows(meta, bad, value="secondary_labels")
+        if (str(path), where) not in _WARNED:
+            _WARNED.add((str(path), where))
+            print(f"warning: {path}: secondary_labels that are not a list like \"['a', 'b']\" are read as none, "
+                  f"on {where}")
+    return parsed.map(lambda v: [] if v is None else v)
 
 
 def class_list(meta: pd.DataFrame) -> list[str]:

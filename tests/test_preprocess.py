@@ -292,3 +292,41 @@ def test_a_dataset_whose_every_recording_is_unreadable_is_refused_by_preprocess_
     assert capsys.readouterr().err == message
     assert floor_main(["--data", str(data), "--no-progress"]) == 1
     assert capsys.readouterr().err == message
+
+
+def test_an_empty_primary_label_is_refused_by_preprocess_and_train_naming_its_lines_and_files(tmp_path, monkeypatch,
+                                                                                               capsys):
+    from data.preprocess import main as preprocess_main
+    from train.__main__ import main as train_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    data = tiny_layout(tmp_path / "unlabelled", rows=("falswe1,[],falswe1/XC1.ogg", ",[],falswe1/XC2.ogg",
+                                                      "sptril1,[],sptril1/XC3.ogg", " ,[],sptril1/XC4.ogg"))
+    message = (f"error: {data / 'train_metadata.csv'} has an empty primary_label on line 3 (falswe1/XC2.ogg), line 5 "
+               "(sptril1/XC4.ogg): every recording needs its species (the name of its train_audio/ folder): fill it "
+               "in, or delete the row\n")
+    assert preprocess_main(["--data", str(data), "--no-progress"]) == 1
+    assert capsys.readouterr().err == message
+    assert train_main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == message
+    assert not (tmp_path / "root").exists()  # no class named '' was ever cached or trained
+
+
+def test_secondary_labels_that_are_not_a_list_are_read_as_none_with_one_warning_naming_their_lines(tmp_path, capsys):
+    data = tiny_layout(tmp_path / "odd_secondary", rows=(
+        "falswe1,\"['risswe1'\",falswe1/XC1.ogg", "falswe1,\"['risswe1', 'sptril1']\",falswe1/XC2.ogg",
+        "sptril1,risswe1,sptril1/XC3.ogg", "sptril1,\"['']\",sptril1/XC4.ogg", "sptril1,,sptril1/XC5.ogg"))
+    meta = read_metadata(data)
+    assert meta.secondary_labels.tolist() == [[], ["risswe1", "sptril1"], [], [], []]
+    read_metadata(data)  # every stage reads the metadata again: the warning is not repeated
+    assert capsys.readouterr().out == (
+        f"warning: {data / 'train_metadata.csv'}: secondary_labels that are not a list like \"['a', 'b']\" are read "
+        "as none, on line 2 (falswe1/XC1.ogg: \"['risswe1'\"), line 4 (sptril1/XC3.ogg: 'risswe1')\n")
+
+
+def test_a_metadata_without_a_secondary_labels_column_reads_as_no_secondary_labels(tmp_path):
+    data = tiny_layout(tmp_path / "no_secondary", header="primary_label,filename",
+                       rows=("falswe1,falswe1/XC1.ogg", "sptril1,sptril1/XC2.ogg"))
+    meta = read_metadata(data)
+    assert meta.primary_label.tolist() == ["falswe1", "sptril1"]
+    assert meta.secondary_labels.tolist() == [[], []]
