@@ -134,7 +134,9 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
     meta = pd.read_csv(path, keep_default_na=False, dtype={"primary_label": str})
     lacking = [c for c in ("primary_label", "filename") if c not in meta.columns]
     if lacking:
-        raise LayoutError(f"{path} lacks the column(s) {lacking}")
+        raise LayoutError(f"{path} lacks the column(s) {lacking}: the kit reads Kaggle's comma-separated metadata, "
+                          f"with primary_label (the species) and filename (under train_audio/); its header reads "
+                          f"{list(meta.columns)[:6]}")
     if meta.empty:  # else every stage runs on nothing and fails later, far from the cause
         raise LayoutError(f"{path} has no rows: it names no recording to train on. Restore the competition's file "
                           "(`make data` downloads and checks it) or add one row per file under train_audio/")

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.features import (DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, audio_to_features,
-                           load_finite_audio, n_windows)
+from data.features import (DENOISE_MODES, FEATURES_VERSION, AudioError, FeatureConfig, audio_seconds,
+                           audio_to_features, load_finite_audio, n_windows)
 from data.layout import LayoutError, metadata_path, read_metadata
-from data.paths import Workspace, free_bytes, human_bytes
+from data.paths import Workspace, free_bytes, human_bytes, refuse_unwritable
 
 ENTRY_FIELDS = ["filename", "status", "first_row", "n_windows", "detail"]
 STORE_DTYPE = np.float16
@@ -502,6 +502,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+@refuse_unwritable
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.preprocess", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="dataset folder in the Kaggle layout")

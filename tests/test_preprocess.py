@@ -224,7 +224,9 @@ def layout_fault(tmp_path: Path, fault: str) -> tuple[Path, str]:
         shutil.rmtree(data / missing) if missing == "train_audio" else (data / missing).unlink()
         return data, (f"DATA={data} is not in the Kaggle BirdCLEF layout: missing {missing} (expected train_audio, "
                       "train_metadata.csv or train.csv, sample_submission.csv)")
-    return data, f"{data / 'train_metadata.csv'} lacks the column(s) ['primary_label']"
+    return data, (f"{data / 'train_metadata.csv'} lacks the column(s) ['primary_label']: the kit reads Kaggle's "
+                  "comma-separated metadata, with primary_label (the species) and filename (under train_audio/); its "
+                  "header reads ['species', 'secondary_labels', 'filename']")
 
 
 LAYOUT_FAULTS = ["no folder", "no train_audio", "no sample_submission.csv", "no primary_label"]
@@ -330,3 +332,15 @@ def test_a_metadata_without_a_secondary_labels_column_reads_as_no_secondary_labe
     meta = read_metadata(data)
     assert meta.primary_label.tolist() == ["falswe1", "sptril1"]
     assert meta.secondary_labels.tolist() == [[], []]
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".wav", "WAV"), (".flac", "FLAC")])
+def test_a_non_ogg_file_that_decodes_shorter_than_its_header_says_is_noted_as_damaged(tmp_path, suffix, fmt):
+    import soundfile as sf
+
+    from data.preprocess import decode_note
+
+    path = tmp_path / f"ten_seconds{suffix}"
+    sf.write(path, np.zeros(10 * 32_000, np.float32), 32_000, format=fmt)
+    assert decode_note(path, decoded_s=4.0) == "damaged: decoded 4.0 s of the 10.0 s the file holds"
+    assert decode_note(path, decoded_s=10.0) == ""
