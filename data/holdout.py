@@ -543,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = HoldoutConfig(seed=args.seed, fraction=args.fraction, n_soundscapes=args.soundscapes,
                             duration_s=args.duration_s, snr_db=(args.snr_db_min, args.snr_db_max),
                             max_clip_s=args.max_clip_s)
+        print("config:", json.dumps(asdict(cfg)))
         out_dir = Workspace.of(args.data).holdout_dir
         manifest = build_holdout(args.data, cfg, out_dir, progress=not args.quiet)
     except ValueError as e:  # LayoutError included

@@ -54,3 +54,17 @@ def recording_folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]
             out[files[i]] = (offset + k) % folds
         offset += len(files)
     return out
+
+
+def fold_problem(meta: pd.DataFrame, folds: int, fold_ids: list[int], seed: int) -> str | None:
+    """Why cross-validating meta (the hold-out already removed) on these folds cannot be scored,
+    or None: each fold must validate on recordings of at least two classes (ROC-AUC needs a
+    negative) and leave recordings to train on. Found before the first fold trains, not after."""
+    fold_of = recording_folds(meta, folds, seed)
+    for k in fold_ids:
+        val = meta[meta.filename.map(fold_of) == k]
+        if val.primary_label.nunique() < 2 or len(val) == len(meta):
+            return (f"with {folds} folds, fold {k} would validate on {len(val)} recording(s) of "
+                    f"{val.primary_label.nunique()} class(es) ({len(meta)} recordings in all): each fold needs "
+                    "recordings of two classes or more. Use fewer folds (make cv FOLDS=5; --cv 5)")
+    return None

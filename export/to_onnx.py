@@ -103,11 +103,17 @@ def check_classes_still_match(run_dir: Path, data_dir: Path, classes: list[str])
 def check_windows(run: LoadedRun, n: int = 16) -> np.ndarray:
     """Real feature windows for the parity check: validation windows from the run's cache."""
     cfg = run.cfg
-    cache = FeatureCache.open(cache_dir_for(Path(cfg.data_dir), cfg.features))
+    cache_dir = cache_dir_for(Path(cfg.data_dir), cfg.features)
+    rebuild = f"make preprocess DATA={cfg.data_dir}" + (
+        f" DENOISE={cfg.features.denoise}" if cfg.features.denoise != "none" else "")
+    if not (cache_dir / "complete.json").exists():  # deleted to save space, or never finished here
+        raise ExportError(f"the feature cache {run.run_dir.name} trained on is not here ({cache_dir}); the parity "
+                          f"check runs on its validation windows: rebuild it with `{rebuild}`, then rerun")
+    cache = FeatureCache.open(cache_dir)
     val = json.loads((run.run_dir / "split.json").read_text())["val"]
     rows = [r for f in val if f in cache.entries.index for r in cache.rows_of(f)][:n]
     if not rows:
-        raise ExportError(f"no cached validation windows for {run.run_dir}: rerun `make preprocess`")
+        raise ExportError(f"no cached validation windows for {run.run_dir}: rerun `{rebuild}`")
     return np.asarray(cache.windows[rows], dtype=np.float32)  # [n, M, T]
 
 

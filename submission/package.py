@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
@@ -468,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
               f"shortest known ({UNKNOWN_TEST_SET.limit_min:g} minutes: deadline {deadline_min(cfg):g}). Read the "
               "competition's Code Requirements and pass PACKAGE_ARGS=\"--deadline-min <limit - 10>\".",
               file=sys.stderr)
+    shown = {**asdict(cfg), "sample_columns": f"{len(columns)} classes" if columns else None}  # not 182 names
+    print("config:", json.dumps(shown, default=str))
     try:
         notebook = package(cfg)
     except PackageError as e:

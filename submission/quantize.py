@@ -68,6 +68,11 @@ class Int8Verdict:
         return self.float_score - self.int8_score
 
 
+def int8_is_good_enough(float_score: float, int8_score: float) -> bool:
+    """The int8 model ships where it loses at most MAX_SCORE_DROP of the float model's local score."""
+    return float_score - int8_score <= MAX_SCORE_DROP
+
+
 def try_int8(onnx_path: Path, data_dir: Path, soundscapes: Path, solution: Path, out_dir: Path) -> Int8Verdict:
     """Quantise, score both, keep the int8 model only when the score drops by <= MAX_SCORE_DROP."""
     import onnx
@@ -83,5 +88,5 @@ def try_int8(onnx_path: Path, data_dir: Path, soundscapes: Path, solution: Path,
     sample = data_dir / "sample_submission.csv"
     float_score = local_score(onnx_path, soundscapes, solution, sample)
     int8_score = local_score(int8_path, soundscapes, solution, sample)
-    ship = int8_path if float_score - int8_score <= MAX_SCORE_DROP else onnx_path
+    ship = int8_path if int8_is_good_enough(float_score, int8_score) else onnx_path
     return Int8Verdict(ship, float_score, int8_score)

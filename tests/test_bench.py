@@ -57,10 +57,19 @@ def test_an_unknown_mode_is_refused():
     assert out.returncode != 0 and "fast" in out.stderr
 
 
-def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_kaggles_cores(chain, capsys):
+def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_kaggles_cores(chain, capsys,
+                                                                                            monkeypatch):
+    import bench.infer as bench_infer
     from bench.infer import main
     from data.paths import output_root
 
+    runs, real_pipeline = [], bench_infer.pipeline
+
+    def recorded_pipeline(onnx_paths, test_dir, combine="mean", **settings):  # the real one, its calls kept
+        runs.append((settings, real_pipeline(onnx_paths, test_dir, combine, **settings)))
+        return runs[-1][1]
+
+    monkeypatch.setattr(bench_infer, "pipeline", recorded_pipeline)
     assert main(["--data", str(chain.data_dir), "--soundscapes", "1"]) == 0
     text = capsys.readouterr().out
     header = next(line for line in text.splitlines() if line.startswith("model "))
@@ -72,6 +81,10 @@ def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_ka
         assert row[key] > 0, key
     assert row["overhead"] == row["pipeline_s"] / row["model_all_cores_s"]
     assert 0.05 < row["peak_gb"] < 4 and 0.05 < row["kaggle_peak_gb"] < 4
+    (here, here_run), (kaggle, kaggle_run) = runs  # the notebook's defaults, then Kaggle's process count
+    assert here == {} and kaggle == {"feature_workers": bench_infer.KAGGLE_CORES // 2,
+                                     "soundscape_workers": bench_infer.KAGGLE_CORES if here_run["soundscape_workers"] else 0}
+    assert (row["peak_gb"], row["kaggle_peak_gb"]) == (here_run["peak_bytes"] / 1e9, kaggle_run["peak_bytes"] / 1e9)
     assert f"{row['kaggle_peak_gb']:13.2f} {row['projected_min']:12.1f}" in text
     # the chain packaged the exported model alone, so its row is what ships, with its verdict
     assert row["ships"] is True
@@ -307,28 +320,3 @@ def test_the_preprocess_bench_totals_every_stage_of_a_pass_decode_included():
     assert s["x_real_time_per_repeat"] == pytest.approx([20.0, 15.0, 15.0])
     assert s["train_set_projection_h"] == pytest.approx(16.0 / (15.0 * PROJECTION_CORES))
     assert s["soundscape"]["seconds"]["total"] == 12.0 and s["rss_working_mib"] == 100.0
-
-
-def test_the_inference_bench_reports_kaggles_peak_memory_from_the_run_with_kaggles_process_count(tmp_path, monkeypatch):
-    import bench.infer as bench_infer
-    from bench.infer import Benched, bench_model
-    from tests.test_submission import tiny_kit_model
-
-    model = tiny_kit_model(tmp_path)
-    runs = []
-
-    def fake_pipeline(onnx_paths, test_dir, combine="mean", **settings):
-        runs.append(settings)
-        kaggle = bool(settings)  # the second run: Kaggle's 4 cores' worth of processes
-        return {"wall_s": 4.0, "soundscapes": 3, "done_s": [1.0, 2.0, 3.0], "feature_workers": 1, "model_threads": 2,
-                "soundscape_workers": 0, "peak_bytes": 3.2e9 if kaggle else 1.1e9}
-
-    monkeypatch.setattr(bench_infer, "pipeline", fake_pipeline)
-    monkeypatch.setattr(bench_infer, "feature_seconds_per_soundscape", lambda path, cfg: (0.5, 1.5))
-    monkeypatch.setattr(bench_infer, "model_seconds_per_soundscape", lambda path, threads: 4.0 / threads)
-    monkeypatch.setattr(bench_infer, "model_per_core_s", lambda paths, cores, soundscapes=2: 0.8)
-    row = bench_model(Benched("tiny", [model.path]), [tmp_path / "s.ogg"])
-
-    assert runs[1] == {"feature_workers": bench_infer.KAGGLE_CORES // 2, "soundscape_workers": 0}
-    assert row["peak_gb"] == pytest.approx(1.1) and row["kaggle_peak_gb"] == pytest.approx(3.2)
-    assert row["model_all_cores_s"] == 0.8 and row["overhead"] == pytest.approx(row["pipeline_s"] / 0.8)

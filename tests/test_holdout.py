@@ -238,9 +238,10 @@ def test_a_rebuilt_hold_out_keeps_the_existing_ones_settings_or_takes_the_compet
     assert (kept.seed, kept.fraction, kept.duration_s, kept.n_soundscapes, kept.snr_db) == (3, 0.2, 120.0, 2, (0.0, 5.0))
 
 
-def test_cli_rejects_a_length_that_is_not_whole_windows(tiny_dataset, capsys):
-    assert holdout.main(["--data", str(tiny_dataset), "--duration-s", "7", "--quiet"]) == 2
-    assert "multiple of 5" in capsys.readouterr().err
+@pytest.mark.parametrize("duration_s", ["7", "0", "-5"])
+def test_cli_rejects_a_length_that_is_not_a_positive_number_of_whole_windows(tiny_dataset, capsys, duration_s):
+    assert holdout.main(["--data", str(tiny_dataset), "--duration-s", duration_s, "--quiet"]) == 2
+    assert f"duration_s must be a positive multiple of 5.0 s, got {float(duration_s)}" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ real data

@@ -34,7 +34,7 @@ def real_chain(tmp_path_factory):
 
 def test_real_recordings_go_through_the_whole_chain_to_a_local_score(real_chain):
     result = json.loads((real_chain.score_dir / "score.json").read_text())
-    assert 0.0 <= result["score"] <= 1.0
+    assert result["score"] > 0.58, result["score"]  # chance is 0.5; 0.655 measured on the CI machine (3 epochs)
     assert result["soundscapes"] >= 1 and result["rows"] == 48 * result["soundscapes"]
 
 

@@ -155,3 +155,16 @@ def test_the_top_confusions_are_the_most_frequent_mistakes_first():
     pred = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1])
     m = confusion(true, pred, 3)
     assert top_confusions(m, ["a", "b", "c"], k=2) == [("c", "a", 3), ("a", "b", 2)]
+
+
+def test_a_report_with_no_runs_tells_a_mistyped_data_folder_from_one_not_trained_yet(tmp_path, monkeypatch, capsys):
+    from train.report import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "out"))
+    (tmp_path / "birds").mkdir()
+    assert main(["--data", str(tmp_path / "birds")]) == 1
+    assert capsys.readouterr().err == (f"no finished runs for {tmp_path / 'birds'} yet: run "
+                                       f"`make train DATA={tmp_path / 'birds'}`\n")
+    assert main(["--data", str(tmp_path / "brids")]) == 1
+    assert capsys.readouterr().err == (f"no finished runs for {tmp_path / 'brids'}, and {tmp_path / 'brids'} does not "
+                                       "exist: check DATA=\n")

@@ -216,10 +216,23 @@ def test_species_models_pair_up_by_band_and_by_shape():
     assert all(100 < sp.low_hz < sp.high_hz < 15_000 for sp in variants)
 
 
-def test_cli_prints_help():
-    with pytest.raises(SystemExit) as exit_:
-        synth.main(["--help"])
-    assert exit_.value.code == 0
+def test_the_command_line_writes_what_its_flags_ask_for_and_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mini"
+    assert synth.main(["--out", str(out), "--seed", "3", "--species", "2", "--recordings", "2", "--test-soundscapes",
+                       "1", "--unlabeled", "0", "--soundscape-s", "10", "--quiet"]) == 0
+    meta = pd.read_csv(out / "train_metadata.csv")
+    assert meta.primary_label.nunique() == 2 and len(meta) == 4
+    sounds = sorted((out / "test_soundscapes").glob("*.ogg"))
+    assert len(sounds) == 1
+    assert pd.read_csv(tmp_path / "mini_solution.csv").row_id.tolist() == [f"{sounds[0].stem}_5", f"{sounds[0].stem}_10"]
+    assert list((out / "unlabeled_soundscapes").glob("*.ogg")) == []
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own data")
+    assert synth.main(["--out", str(mine), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"error: {mine} exists and is not a synthetic dataset (no synth.json): "
+                                       "refusing to replace it; choose another --out\n")
+    assert (mine / "notes.txt").read_text() == "my own data"
 
 
 def test_each_call_event_of_a_synthetic_soundscape_covers_the_sound_of_its_phrase(monkeypatch):

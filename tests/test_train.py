@@ -248,3 +248,19 @@ def test_only_permission_and_read_only_errors_become_the_output_folder_message()
     assert failing(PermissionError(errno.EACCES, "Permission denied", "/x"))([]) == 1
     with pytest.raises(FileNotFoundError):  # a missing input is not an output problem: its own traceback
         failing(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"))([])
+
+
+def test_more_folds_than_the_data_can_score_are_refused_before_the_first_fold_trains(tiny_dataset, tmp_path,
+                                                                                  monkeypatch, capsys):
+    import re
+
+    from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--cv", "50", "--holdout-fraction", "0",
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: with 50 folds, fold \d+ would validate on [01] recording\(s\) of [01] class\(es\) "
+                        r"\(\d+ recordings in all\): each fold needs recordings of two classes or more\. Use fewer "
+                        r"folds \(make cv FOLDS=5; --cv 5\)\n", err), err
+    assert list(tmp_path.iterdir()) == []  # nothing preprocessed, nothing trained

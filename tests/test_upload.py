@@ -141,6 +141,15 @@ def test_a_first_upload_creates_the_dataset_then_pushes_the_notebook(dist, fake,
                         "upload: Kaggle runs it now; when it has finished, submit it to the competition from its page\n")
 
 
+def test_public_creates_the_dataset_public_and_the_notebook_stays_private(dist, fake, capsys):
+    assert run(dist, "--public") == 0
+    [version] = fake.datasets[DATASET]
+    assert version["request"].get("isPrivate", False) is False  # proto3 JSON leaves a false field out: false
+    assert "creating it (public)" in capsys.readouterr().out
+    [kernel] = fake.kernels
+    assert kernel["isPrivate"] is True  # --public is about the dataset: the notebook is pushed private either way
+
+
 def test_the_next_upload_is_a_new_version_with_the_message(dist, fake, capsys):
     assert run(dist) == 0
     assert run(dist, "--message", "resnet18, 40 epochs") == 0

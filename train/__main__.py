@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from data.features import DENOISE_MODES, FeatureConfig
-from data.layout import LayoutError
+from data.layout import LayoutError, read_metadata
 from data.paths import Workspace, refuse_unwritable
 from data.preprocess import PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache
+from data.split import fold_problem, holdout_recordings
 from train import dist
 from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, at_least, config_for
 from train.loop import fit
@@ -233,6 +234,7 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
     if not all(0 <= k < args.cv for k in fold_ids):
         raise ValueError(f"--cv-folds must be between 0 and {args.cv - 1}, got {fold_ids}")
     features = FeatureConfig(denoise=args.denoise)
+    check_folds(args, features, fold_ids)
     fetch_weights_first(args, d, features)
     cv_dir = Workspace.of(Path(args.data)).runs_dir / "cv"
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))
@@ -248,6 +250,17 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
     print(f"{'model':16s} {'best-epoch acc':>15s} {'best-epoch AUC':>15s} {'last-epoch acc':>15s} {'last-epoch AUC':>15s}")
     print("\n".join(lines))
     return 0
+
+
+def check_folds(args: argparse.Namespace, features: FeatureConfig, fold_ids: list[int]) -> None:
+    """Refuse folds that cannot be scored before the first one trains (each model's hold-out)."""
+    meta = read_metadata(Path(args.data))
+    for model in args.models:
+        cfg = model_config(args, model, features, folds=args.cv, fold=fold_ids[0])
+        rest = meta[~meta.filename.isin(holdout_recordings(meta, cfg.holdout_fraction, cfg.seed))]
+        problem = fold_problem(rest, args.cv, fold_ids, cfg.seed)
+        if problem:
+            raise ValueError(problem)
 
 
 def fit_fold(args: argparse.Namespace, cfg: TrainConfig, cv_dir: Path, new_name: str, d: dist.Dist) -> dict:

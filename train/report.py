@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = finished_runs(Workspace.of(args.data).runs_dir)
     if not runs:
-        print(f"no finished runs for {args.data} yet: run `make train DATA={args.data}`")
+        if not Path(args.data).exists():  # a typo in DATA= reads as "nothing trained" otherwise
+            print(f"no finished runs for {args.data}, and {args.data} does not exist: check DATA=", file=sys.stderr)
+        else:
+            print(f"no finished runs for {args.data} yet: run `make train DATA={args.data}`", file=sys.stderr)
         return 1
     if not args.no_onnx:
         runs = [{**r, "onnx_cpu_ms_per_window": onnx_cpu_ms(r, args.remeasure)} for r in runs]
