@@ -74,9 +74,12 @@ def free_bytes(path: Path) -> int:
 
 
 def unwritable_output(e: OSError) -> str | None:
-    """The message for an output the kit may not write (read-only disk, no permission), or None
-    for any other OS error (those keep their traceback: they are not a set-up mistake)."""
-    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+    """The message for an output under output_root() the kit may not write (read-only disk, no
+    permission), or None for any other OS error: an input it may not read, an output elsewhere
+    (--out), a missing file keep their traceback (BIRDKIT_ROOT would not help them)."""
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not e.filename:
+        return None
+    if not Path(os.fsdecode(e.filename)).resolve().is_relative_to(output_root()):
         return None
     return (f"cannot write {e.filename or 'an output file'} ({e.strerror}): the kit writes its caches, runs and "
             f"packages under {output_root()}. Make that writable, or set BIRDKIT_ROOT to a writable folder "

@@ -60,11 +60,23 @@ def fold_problem(meta: pd.DataFrame, folds: int, fold_ids: list[int], seed: int)
     """Why cross-validating meta (the hold-out already removed) on these folds cannot be scored,
     or None: each fold must validate on recordings of at least two classes (ROC-AUC needs a
     negative) and leave recordings to train on. Found before the first fold trains, not after."""
+    bad = _unscorable_fold(meta, folds, fold_ids, seed)
+    if bad is None:
+        return None
+    k, val = bad
+    workable = [f for f in range(folds - 1, 1, -1) if _unscorable_fold(meta, f, list(range(f)), seed) is None]
+    fix = (f"Use {workable[0]} folds, the most that work here (make cv FOLDS={workable[0]}; --cv {workable[0]})" if workable else
+           "No number of folds works here: the data needs more recordings of more classes")
+    return (f"with {folds} folds, fold {k} would validate on {len(val)} recording(s) of "
+            f"{val.primary_label.nunique()} class(es) ({len(meta)} recordings in all): each fold needs recordings "
+            f"of two classes or more. {fix}")
+
+
+def _unscorable_fold(meta: pd.DataFrame, folds: int, fold_ids: list[int], seed: int) -> tuple[int, pd.DataFrame] | None:
+    """(fold, its validation rows) of the first fold that cannot be scored, or None."""
     fold_of = recording_folds(meta, folds, seed)
     for k in fold_ids:
         val = meta[meta.filename.map(fold_of) == k]
         if val.primary_label.nunique() < 2 or len(val) == len(meta):
-            return (f"with {folds} folds, fold {k} would validate on {len(val)} recording(s) of "
-                    f"{val.primary_label.nunique()} class(es) ({len(meta)} recordings in all): each fold needs "
-                    "recordings of two classes or more. Use fewer folds (make cv FOLDS=5; --cv 5)")
+            return k, val
     return None

@@ -114,6 +114,29 @@ def test_missing_imagenet_weights_stop_training_before_the_first_model_trains(ti
     assert not (tmp_path / "out").exists()  # simple_cnn did not train first, nothing was cached
 
 
+def test_resuming_asks_for_no_imagenet_weights_a_resumed_run_loads_its_checkpoint(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch
+
+    from data.features import FeatureConfig
+    from train.__main__ import fetch_weights_first, parse_args
+
+    asked = []
+
+    def no_network(url, *args, **kwargs):  # the network layer only
+        asked.append(url)
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no weights cached
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    fetch_weights_first(parse_args(["--data", "d", "--models", "resnet18", "--resume"]), FeatureConfig())
+    assert asked == []
+    with pytest.raises(RuntimeError, match="could not load the ImageNet weights ResNet18_Weights"):
+        fetch_weights_first(parse_args(["--data", "d", "--models", "resnet18"]), FeatureConfig())
+    assert len(asked) == 1
+
+
 def test_resume_with_no_killed_run_says_it_starts_a_new_one(tiny_dataset, tmp_path, monkeypatch, capsys):
     from train.__main__ import main
 
@@ -234,10 +257,12 @@ def test_a_cv_resume_takes_the_latest_run_of_the_fold_with_the_same_config(tmp_p
     assert latest_fold_run(tmp_path, cfg) == newer
 
 
-def test_only_permission_and_read_only_errors_become_the_output_folder_message():
+def test_only_outputs_the_kit_may_not_write_become_the_output_folder_message(tmp_path, monkeypatch):
     import errno
 
     from data.paths import refuse_unwritable
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "out"))
 
     def failing(error):
         @refuse_unwritable
@@ -245,9 +270,12 @@ def test_only_permission_and_read_only_errors_become_the_output_folder_message()
             raise error
         return main
 
-    assert failing(PermissionError(errno.EACCES, "Permission denied", "/x"))([]) == 1
-    with pytest.raises(FileNotFoundError):  # a missing input is not an output problem: its own traceback
-        failing(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"))([])
+    output = str(tmp_path / "out" / "train" / "runs")
+    assert failing(PermissionError(errno.EACCES, "Permission denied", output))([]) == 1
+    with pytest.raises(PermissionError):  # an input it may not read: BIRDKIT_ROOT would not help
+        failing(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "data" / "train.csv")))([])
+    with pytest.raises(FileNotFoundError):  # a missing file is not a permission problem: its own traceback
+        failing(FileNotFoundError(errno.ENOENT, "No such file or directory", output))([])
 
 
 def test_more_folds_than_the_data_can_score_are_refused_before_the_first_fold_trains(tiny_dataset, tmp_path,
@@ -260,7 +288,22 @@ def test_more_folds_than_the_data_can_score_are_refused_before_the_first_fold_tr
     assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--cv", "50", "--holdout-fraction", "0",
                  "--device", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert re.fullmatch(r"error: with 50 folds, fold \d+ would validate on [01] recording\(s\) of [01] class\(es\) "
-                        r"\(\d+ recordings in all\): each fold needs recordings of two classes or more\. Use fewer "
-                        r"folds \(make cv FOLDS=5; --cv 5\)\n", err), err
+    most = re.fullmatch(r"error: with 50 folds, fold \d+ would validate on [01] recording\(s\) of [01] class\(es\) "
+                        r"\(\d+ recordings in all\): each fold needs recordings of two classes or more\. Use (\d+) "
+                        r"folds, the most that work here \(make cv FOLDS=\1; --cv \1\)\n", err)
+    assert most, err
+    from data.layout import read_metadata
+    from data.split import fold_problem
+
+    meta, k = read_metadata(tiny_dataset), int(most.group(1))
+    assert 2 <= k < 50 and fold_problem(meta, k, list(range(k)), 0) is None  # what it suggests works
+    assert fold_problem(meta, k + 1, list(range(k + 1)), 0) is not None or k == 49
     assert list(tmp_path.iterdir()) == []  # nothing preprocessed, nothing trained
+
+
+def test_folds_are_refused_saying_so_where_no_number_of_folds_can_be_scored():
+    from data.split import fold_problem
+
+    meta = pd.DataFrame({"primary_label": ["a"] * 6 + ["b"], "filename": [f"a/{i}.ogg" for i in range(6)] + ["b/0.ogg"]})
+    assert fold_problem(meta, 5, list(range(5)), 0).endswith(
+        "No number of folds works here: the data needs more recordings of more classes")

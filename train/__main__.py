@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     d = dist.init(args.device)
     try:
-        with sigterm_as_interrupt():
+        # Under torchrun a rank may sit in a collective, where a Python handler never runs: torchrun's own
+        # SIGTERM handling stops them there, and RESUME=1 continues from last.pt all the same.
+        with (sigterm_as_interrupt() if not d.active else contextlib.nullcontext()):
             return train_models(args, d)
     except (LayoutError, RuntimeError, ValueError) as e:  # refusals say what to do; no stack trace
         print(f"error: {e}", file=sys.stderr)
@@ -186,7 +188,7 @@ def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
                               "finished folds and continues the killed one from its last finished epoch") from None
     features = FeatureConfig(denoise=args.denoise)
     ws = Workspace.of(Path(args.data))
-    fetch_weights_first(args, d, features)
+    fetch_weights_first(args, features)
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))  # one run folder for every process
     summaries = []
     for k, model in enumerate(args.models):
@@ -202,13 +204,17 @@ def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
     return 0
 
 
-def fetch_weights_first(args: argparse.Namespace, d: dist.Dist, features: FeatureConfig) -> None:
-    """Every ImageNet weights file the models will load, fetched before the first model trains
-    (rank 0 alone; the others wait): a machine without them finds out now, not after hours."""
+def fetch_weights_first(args: argparse.Namespace, features: FeatureConfig) -> None:
+    """Every ImageNet weights file the models will load, fetched before the first model trains:
+    a machine without them finds out now, not after hours. Not when resuming: a resumed run
+    loads its checkpoint, not ImageNet. Every process fetches (torch.hub writes a temporary
+    file and renames it), as building the model did: a rank waiting in a barrier would time
+    out on a slow download."""
+    if args.resume:
+        return
     wanted = [m for m in args.models if model_config(args, m, features).pretrained]
-    if wanted and d.main:
+    if wanted:
         fetch_imagenet_weights(wanted)
-    dist.barrier(d)
 
 
 def train_one(args: argparse.Namespace, d: dist.Dist, ws: Workspace, model: str, features: FeatureConfig,
@@ -235,7 +241,7 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
         raise ValueError(f"--cv-folds must be between 0 and {args.cv - 1}, got {fold_ids}")
     features = FeatureConfig(denoise=args.denoise)
     check_folds(args, features, fold_ids)
-    fetch_weights_first(args, d, features)
+    fetch_weights_first(args, features)
     cv_dir = Workspace.of(Path(args.data)).runs_dir / "cv"
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))
     lines = []

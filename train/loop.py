@@ -317,7 +317,7 @@ def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False, 
     state = new_state(cfg, data, device, d, pretrained=cfg.pretrained and not resume)
     if d.active:
         print(f"distributed: {d.world} processes, batch {cfg.batch_size} each ({cfg.batch_size * d.world} in all)")
-        if device.type == "cpu" and d.main:  # torchrun on a machine without GPUs: it works, slower than one process
+        if device.type == "cpu" and d.main and not torch.cuda.is_available():  # torchrun without GPUs: works, slowly
             print(f"warning: no CUDA GPU here, so GPUS={d.world} trains {d.world} CPU processes (gloo) that share "
                   "these cores; GPUS=1 trains as fast or faster on a CPU", file=sys.stderr)
     if saved is not None:
