@@ -25,6 +25,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pandas as pd
+from nbclient import NotebookClient
 
 from data.features import FeatureConfig, row_end_seconds
 from data.layout import competition_of
@@ -117,11 +118,21 @@ def kernel_spec_dir(score_dir: Path) -> Path:
     return root
 
 
+class EchoingClient(NotebookClient):
+    """nbclient's NotebookClient that also prints the notebook's printed lines as they come (its
+    progress: models, deadline, soundscapes done), so a long local run is not silent until the end."""
+
+    def output(self, outs, msg, display_id, cell_index):
+        if msg["msg_type"] == "stream":
+            stream = sys.stderr if msg["content"].get("name") == "stderr" else sys.stdout
+            print(msg["content"]["text"], end="", file=stream, flush=True)
+        return super().output(outs, msg, display_id, cell_index)
+
+
 def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: Path, timeout_s: int) -> float:
     """Run every cell in a fresh kernel; returns wall seconds. The kernel's cwd is the working
     folder and PYTHONPATH is cleared: the packaged dataset is its only code source."""
     from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(notebook, as_version=4)
@@ -134,8 +145,8 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
     try:
         # IPC sockets in the score folder: the kernel is local, nothing needs TCP.
         km = KernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str((score_dir / "kernel").resolve()))
-        client = NotebookClient(nb, km=km, timeout=timeout_s, kernel_name=KERNEL_NAME,
-                                resources={"metadata": {"path": str(working.resolve())}})
+        client = EchoingClient(nb, km=km, timeout=timeout_s, kernel_name=KERNEL_NAME,
+                               resources={"metadata": {"path": str(working.resolve())}})
         client.execute(cleanup_kc=True)  # shut the kernel down here: left alone it outlives the command
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
         raise ScoreError(notebook_failure(nb, e, score_dir / "executed.ipynb", timeout_s)) from None

@@ -546,17 +546,19 @@ def test_the_notebook_applies_the_packaged_post_processing_to_the_packaged_combi
     assert not np.allclose(sub[classes], raw[classes], atol=1e-3)  # the post-processing changed something
 
 
-def test_a_notebook_that_fails_stops_the_score_naming_the_cell_the_error_and_the_executed_copy(tmp_path):
+def test_the_notebooks_lines_show_as_they_come_and_a_failure_stops_the_score_naming_the_cell_and_the_error(
+        tmp_path, capsys):
     import nbformat
 
     from submission.score import ScoreError, execute_notebook
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('models: 1 loaded')"),
                                          nbformat.v4.new_code_cell("raise ValueError('no soundscapes mounted')")])
     nbformat.write(nb, tmp_path / "kit.ipynb")
     (tmp_path / "working").mkdir()
     with pytest.raises(ScoreError) as raised:
         execute_notebook(tmp_path / "kit.ipynb", tmp_path, tmp_path / "working", tmp_path, timeout_s=60)
+    assert capsys.readouterr().out == "models: 1 loaded\n"  # the notebook's lines reach the terminal as they come
     assert str(raised.value) == (f"the notebook stopped: cell 2 of 2 raised ValueError: no soundscapes mounted. "
                                  f"Its outputs are in {tmp_path / 'executed.ipynb'}")
     executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)

@@ -307,3 +307,32 @@ def test_folds_are_refused_saying_so_where_no_number_of_folds_can_be_scored():
     meta = pd.DataFrame({"primary_label": ["a"] * 6 + ["b"], "filename": [f"a/{i}.ogg" for i in range(6)] + ["b/0.ogg"]})
     assert fold_problem(meta, 5, list(range(5)), 0).endswith(
         "No number of folds works here: the data needs more recordings of more classes")
+
+
+def test_each_epoch_shows_a_progress_bar_on_a_terminal_and_none_in_a_log(tiny_dataset, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {**os.environ, "BIRDKIT_ROOT": str(tmp_path)}
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.run(train_cmd(tiny_dataset, "--epochs", "1"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=slave, timeout=300)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal's writer is gone: all read
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"epoch 1/1: 100%|" in seen and b"batch/s]" in seen
+    logged = subprocess.run(train_cmd(tiny_dataset, "--epochs", "1"), cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert logged.returncode == 0 and "batch/s" not in logged.stderr + logged.stdout

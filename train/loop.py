@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from train import dist
 from data.layout import class_change, class_list, read_metadata
@@ -133,12 +134,16 @@ def train_step(model, x, y, cfg: TrainConfig, optimizer, scaler, device) -> torc
 
 
 def train_epoch(model, loader, cfg: TrainConfig, optimizer, device, scaler, gen: torch.Generator,
-                max_steps: int | None = None, scheduler=None, ema: EMA | None = None, world: int = 1) -> EpochResult:
+                max_steps: int | None = None, scheduler=None, ema: EMA | None = None, world: int = 1,
+                bar: str | None = None) -> EpochResult:
     """One pass over the loader (this process's share under DDP). samples_per_s counts every
-    process's samples."""
+    process's samples. bar: a progress bar with this label, shown on a terminal only (a log file
+    or a test gets the epoch lines alone)."""
     model.train()
     losses, n, t0 = [], 0, time.perf_counter()
-    for step, (x, labels, targets) in enumerate(loader):
+    batches = tqdm(loader, desc=bar, total=len(loader) if max_steps is None else min(max_steps, len(loader)),
+                   unit="batch", leave=False, mininterval=1.0, disable=None if bar else True)
+    for step, (x, labels, targets) in enumerate(batches):
         if max_steps is not None and step >= max_steps:
             break
         x, labels, targets = (t.to(device, non_blocking=True) for t in (x, labels, targets))
@@ -363,7 +368,8 @@ def run_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, epoch
     """Train, then validate and record (record_epoch)."""
     data.set_epoch(epoch)
     tr = train_epoch(state.model, data.train_loader, cfg, state.optimizer, device, state.scaler, state.aug_gen,
-                     scheduler=state.scheduler, ema=state.ema, world=d.world)
+                     scheduler=state.scheduler, ema=state.ema, world=d.world,
+                     bar=f"epoch {epoch}/{cfg.epochs}" if d.main else None)
     record_epoch(cfg, state, data, device, epoch, run_dir, tr, d)
 
 
