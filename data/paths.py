@@ -81,7 +81,7 @@ def unwritable_output(e: OSError) -> str | None:
         return None
     if not Path(os.fsdecode(e.filename)).resolve().is_relative_to(output_root()):
         return None
-    return (f"cannot write {e.filename or 'an output file'} ({e.strerror}): the kit writes its caches, runs and "
+    return (f"cannot write {e.filename} ({e.strerror}): the kit writes its caches, runs and "
             f"packages under {output_root()}. Make that writable, or set BIRDKIT_ROOT to a writable folder "
             "(e.g. BIRDKIT_ROOT=/tmp/birdkit make ...)")
 

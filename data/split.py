@@ -33,6 +33,11 @@ def holdout_recordings(meta: pd.DataFrame, fraction: float, seed: int) -> list[s
     return grouped_split(meta, fraction, seed, min_recordings=3)
 
 
+def without_holdout(meta: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """The rows training may use: meta less the recordings `make holdout` keeps for scoring."""
+    return meta[~meta.filename.isin(set(holdout_recordings(meta, fraction, seed)))]
+
+
 def validation_recordings(meta: pd.DataFrame, fraction: float, seed: int) -> list[str]:
     """Recordings of the training side used for per-epoch validation."""
     return grouped_split(meta, fraction, seed + 1, min_recordings=2)

@@ -26,6 +26,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from data.features import FeatureConfig, row_end_seconds
 from data.layout import competition_of
@@ -133,7 +134,6 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
     """Run every cell in a fresh kernel; returns wall seconds. The kernel's cwd is the working
     folder and PYTHONPATH is cleared: the packaged dataset is its only code source."""
     from jupyter_client.manager import KernelManager
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(notebook, as_version=4)
     env_updates = {"BIRDKIT_INPUT_DIR": str(input_dir.resolve()), "BIRDKIT_WORKING_DIR": str(working.resolve()),
@@ -163,8 +163,6 @@ def execute_notebook(notebook: Path, input_dir: Path, working: Path, score_dir: 
 def notebook_failure(nb, error: Exception, executed: Path, timeout_s: int) -> str:
     """One paragraph on why the notebook stopped: which cell, the error's last line, where the whole
     output is (nbclient's own exception repeats the cell's source and a traceback screens long)."""
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
     failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
               and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     where = f"cell {failed[0] + 1} of {len(nb.cells)}" if failed else "a cell"

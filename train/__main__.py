@@ -20,7 +20,7 @@ from data.features import DENOISE_MODES, FeatureConfig
 from data.layout import LayoutError, read_metadata
 from data.paths import Workspace, refuse_unwritable
 from data.preprocess import PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache
-from data.split import fold_problem, holdout_recordings
+from data.split import fold_problem, without_holdout
 from train import dist
 from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, at_least, config_for
 from train.loop import fit
@@ -263,8 +263,7 @@ def check_folds(args: argparse.Namespace, features: FeatureConfig, fold_ids: lis
     meta = read_metadata(Path(args.data))
     for model in args.models:
         cfg = model_config(args, model, features, folds=args.cv, fold=fold_ids[0])
-        rest = meta[~meta.filename.isin(holdout_recordings(meta, cfg.holdout_fraction, cfg.seed))]
-        problem = fold_problem(rest, args.cv, fold_ids, cfg.seed)
+        problem = fold_problem(without_holdout(meta, cfg.holdout_fraction, cfg.seed), args.cv, fold_ids, cfg.seed)
         if problem:
             raise ValueError(problem)
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.preprocess import FeatureCache
-from data.split import holdout_recordings, recording_folds, validation_recordings
+from data.split import recording_folds, validation_recordings, without_holdout
 
 # Windows of the training set held in RAM rather than read from the memmap, up to this size.
 _PRELOAD_BYTES = 2 * 1024**3
@@ -45,8 +45,8 @@ class Splits:
 
 def make_splits(cache: FeatureCache, meta: pd.DataFrame, classes: list[str], cfg) -> Splits:
     """Hold-out recordings out, then a grouped validation split of the rest."""
-    held = set(holdout_recordings(meta, cfg.holdout_fraction, cfg.seed))
-    rest = meta[~meta.filename.isin(held)]
+    rest = without_holdout(meta, cfg.holdout_fraction, cfg.seed)
+    held = set(meta.filename) - set(rest.filename)
     if getattr(cfg, "folds", 0):  # cross-validation: one recording-grouped fold (bench/floor.py uses the same)
         val = {f for f, k in recording_folds(rest, cfg.folds, cfg.seed).items() if k == cfg.fold}
     else:
