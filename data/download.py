@@ -90,29 +90,35 @@ def kaggle_config_dir() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
 
 
-def _read_kaggle_json(path: Path) -> dict:
+def _parse_kaggle_json(path: Path) -> tuple[dict | None, str | None]:
+    """(its fields, or None where it cannot be read or parsed; why it is not valid JSON, or None).
+    Never quotes the file: the key is in it."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except OSError:
+        return None, None  # unreadable: the generic message, naming the path, is the best we can say
+    except ValueError as e:  # the decoder's position, never the text around it
+        return None, f"is not valid JSON ({e})"
+    return (data if isinstance(data, dict) else {}), None
+
+
+def _read_kaggle_json(path: Path) -> dict:
+    data, _ = _parse_kaggle_json(path)
+    if data is None:
         return {}  # the kaggle client ignores such a file too; kaggle_json_problem says what is wrong with it
     if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         print(f"warning: {path} is readable by other users; run `chmod 600 {path}`", file=sys.stderr)
-    return data if isinstance(data, dict) else {}
+    return data
 
 
 def kaggle_json_problem(path: Path) -> str | None:
     """What keeps the kaggle.json at path from giving the client a username and a key (where the
-    environment does not): 'is not valid JSON (...)' or 'lacks "key"'. None when it is absent or fine.
-    Never quotes the file: the key is in it."""
+    environment does not): 'is not valid JSON (...)' or 'lacks "key"'. None when it is absent or fine."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except OSError:
-        return None  # unreadable: the generic message, naming the path, is the best we can say
-    except ValueError as e:  # the decoder's position, never the text around it
-        return f"is not valid JSON ({e})"
-    data = data if isinstance(data, dict) else {}
+    data, invalid = _parse_kaggle_json(path)
+    if data is None:
+        return invalid
     lacking = [f'"{name}"' for name in ("username", "key")
                if not data.get(name) and not os.environ.get(f"KAGGLE_{name.upper()}")]
     return f"lacks {' and '.join(lacking)}" if lacking else None
