@@ -131,7 +131,7 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
 
     primary_label is read as text: 2025 names some species by a number (iNaturalist ids)."""
     path = metadata_path(data_dir)
-    meta = pd.read_csv(path, keep_default_na=False, dtype={"primary_label": str})
+    meta = _read_with_line_numbers(path)
     lacking = [c for c in ("primary_label", "filename") if c not in meta.columns]
     if lacking:
         raise LayoutError(f"{path} lacks the column(s) {lacking}: the kit reads Kaggle's comma-separated metadata, "
@@ -146,11 +146,21 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
     return meta
 
 
+def _read_with_line_numbers(path: Path) -> pd.DataFrame:
+    """The metadata, indexed by each row's line in the file (the header is line 1), blank lines
+    dropped only after numbering, so that a message's 'line 7' is the line an editor shows.
+    BirdCLEF's metadata holds no line break inside a field."""
+    meta = pd.read_csv(path, keep_default_na=False, dtype={"primary_label": str}, skip_blank_lines=False)
+    meta.index = meta.index + 2
+    blank = (meta.astype(str).apply(lambda column: column.str.strip()) == "").all(axis=1)
+    return meta[~blank]
+
+
 def _rows(meta: pd.DataFrame, where: pd.Series, show: int = 5, value: str | None = None) -> str:
-    """'line 3 (a/XC1.ogg), line 7 (b/XC2.ogg) (+2 more)': the file's lines of the rows `where` marks.
-    The header is line 1 (BirdCLEF's metadata holds no line break inside a field)."""
+    """'line 3 (a/XC1.ogg), line 7 (b/XC2.ogg) (+2 more)': the file's lines of the rows `where` marks
+    (meta is indexed by line, as _read_with_line_numbers reads it)."""
     picked = meta[where]
-    shown = [f"line {i + 2} ({r['filename']}" + (f": {r[value]!r}" if value else "") + ")"
+    shown = [f"line {i} ({r['filename']}" + (f": {r[value]!r}" if value else "") + ")"
              for i, r in picked.head(show).iterrows()]
     return ", ".join(shown) + (f" (+{len(picked) - show} more)" if len(picked) > show else "")
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from data.features import FeatureConfig, file_to_features
-from data.layout import read_metadata
+from data.layout import LayoutError, read_metadata
 from data.preprocess import FeatureCache, PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache, preprocess, read_entries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,6 +324,20 @@ def test_secondary_labels_that_are_not_a_list_are_read_as_none_with_one_warning_
     assert capsys.readouterr().out == (
         f"warning: {data / 'train_metadata.csv'}: secondary_labels that are not a list like \"['a', 'b']\" are read "
         "as none, on line 2 (falswe1/XC1.ogg: \"['risswe1'\"), line 4 (sptril1/XC3.ogg: 'risswe1')\n")
+
+
+def test_line_numbers_in_metadata_messages_count_blank_lines_as_an_editor_does(tmp_path):
+    data = tiny_layout(tmp_path / "blank_lines", rows=("falswe1,[],falswe1/XC1.ogg", "", "   ",
+                                                       ",[],falswe1/XC2.ogg", "", "sptril1,[],sptril1/XC3.ogg"))
+    lines = (data / "train_metadata.csv").read_text().splitlines()
+    assert lines[5 - 1] == ",[],falswe1/XC2.ogg"  # the row without a species is the file's fifth line
+    with pytest.raises(LayoutError, match=r"empty primary_label on line 5 \(falswe1/XC2.ogg\):"):
+        read_metadata(data)
+    lines[5 - 1] = "falswe1,[],falswe1/XC2.ogg"
+    (data / "train_metadata.csv").write_text("\n".join(lines) + "\n")
+    meta = read_metadata(data)  # the blank lines are not rows
+    assert meta.filename.tolist() == ["falswe1/XC1.ogg", "falswe1/XC2.ogg", "sptril1/XC3.ogg"]
+    assert meta.index.tolist() == [0, 1, 2]
 
 
 def test_a_metadata_without_a_secondary_labels_column_reads_as_no_secondary_labels(tmp_path):
