@@ -399,8 +399,7 @@ def ensemble_arg(value: str) -> str | int:
     return n
 
 
-@refuse_unwritable
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m submission.package", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder whose exported model to package")
     p.add_argument("--competition", help="Kaggle competition slug the notebook attaches (default: the --data "
@@ -442,39 +441,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-args", default="",
                    help="flags of `python -m train` for when nothing is exported or trained yet, as one string: "
                         "--train-args='--models simple_cnn' (make passes MODELS, SEED, DENOISE and TRAIN_ARGS)")
-    args = p.parse_args(argv)
-    judged = args.ensemble == "auto"
-    n_models = AUTO_ENSEMBLE if judged else args.ensemble
-    ws = Workspace.of(args.data)
-    if not args.onnx and not (ws.export_dir / "model.onnx").exists():
-        print(f"package: no exported model for {ws.name} yet, exporting first")
-        from export.__main__ import main as export_main
+    return p.parse_args(argv)
 
-        rc = export_main(["--data", str(args.data), "--top", str(n_models), f"--train-args={args.train_args}"])
-        if rc != 0:
-            return rc
+
+def export_first(args: argparse.Namespace, ws: Workspace, n_models: int) -> int:
+    """`make package` brings in `make export` (and it `make train`) where nothing is exported yet: its exit code."""
+    if args.onnx or (ws.export_dir / "model.onnx").exists():
+        return 0
+    print(f"package: no exported model for {ws.name} yet, exporting first")
+    from export.__main__ import main as export_main
+
+    return export_main(["--data", str(args.data), "--top", str(n_models), f"--train-args={args.train_args}"])
+
+
+def config_from_args(args: argparse.Namespace, ws: Workspace, n_models: int) -> PackageConfig:
+    """The packaging config: the models given, else the export's best n_models (model.onnx, model-2.onnx, ...)."""
     exported = [ws.export_dir / "model.onnx", *sorted(ws.export_dir.glob("model-*.onnx"),
                                                       key=lambda p: int(p.stem.split("-")[1]))]
     columns = submission_columns(ws.data_dir) if (ws.data_dir / "sample_submission.csv").exists() else None
-    cfg = PackageConfig(
-        onnx_paths=args.onnx or exported[:n_models], out_dir=args.out or dist_dir(), judge_ensemble=judged,
-        competition=args.competition or competition_of(args.data), sample_columns=columns, allow_class_mismatch=args.allow_class_mismatch,
-        data_dir=ws.data_dir, int8=args.int8,
+    return PackageConfig(
+        onnx_paths=args.onnx or exported[:n_models], out_dir=args.out or dist_dir(),
+        judge_ensemble=args.ensemble == "auto", competition=args.competition or competition_of(args.data),
+        sample_columns=columns, allow_class_mismatch=args.allow_class_mismatch, data_dir=ws.data_dir, int8=args.int8,
         post=PostProcess(tuple(args.smooth_kernel), args.mean_blend), combine=args.combine,
         budget_min=args.budget_min, deadline_min=args.deadline_min, bundle_wheels=not args.no_wheels,
         python_versions=args.python_versions, wheel_cache=args.wheel_cache)
+
+
+def print_config(cfg: PackageConfig) -> None:
+    """config: {...} at start, warning first where the notebook's deadline is a guess."""
     if cfg.competition not in KAGGLE_TEST_SETS and cfg.deadline_min is None:
         print(f"warning: the kit does not know {cfg.competition}'s Kaggle limit; the notebook's guard assumes the "
               f"shortest known ({UNKNOWN_TEST_SET.limit_min:g} minutes: deadline {deadline_min(cfg):g}). Read the "
               "competition's Code Requirements and pass PACKAGE_ARGS=\"--deadline-min <limit - 10>\".",
               file=sys.stderr)
+    columns = cfg.sample_columns
     shown = {**asdict(cfg), "sample_columns": f"{len(columns)} classes" if columns else None}  # not 182 names
     print("config:", json.dumps(shown, default=str))
-    try:
-        notebook = package(cfg)
-    except PackageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+
+def print_outcome(notebook: Path, cfg: PackageConfig) -> None:
+    """Where the dataset and notebook are, which wheels they carry, and the next command."""
     dataset = notebook.parent.parent / "dataset"
     wheels = json.loads((dataset / MANIFEST_NAME).read_text())["wheels"]
     print(f"package: {dataset} (model + code) and {notebook} (attaches the competition {cfg.competition})")
@@ -485,6 +492,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"package: no wheels (--no-wheels): attach a dataset holding {', '.join(wheels['requirements'].values())} "
               "to the notebook")
     print("upload: make upload   (creates or versions the dataset, then pushes the notebook)")
+
+
+@refuse_unwritable
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    n_models = AUTO_ENSEMBLE if args.ensemble == "auto" else args.ensemble
+    ws = Workspace.of(args.data)
+    rc = export_first(args, ws, n_models)
+    if rc != 0:
+        return rc
+    cfg = config_from_args(args, ws, n_models)
+    print_config(cfg)
+    try:
+        notebook = package(cfg)
+    except PackageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print_outcome(notebook, cfg)
     return 0
 
 
