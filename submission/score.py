@@ -50,14 +50,37 @@ class LabelledSet:
 
 
 def labelled_set(ws: Workspace) -> LabelledSet:
+    """The labelled soundscapes to score on, refused (ScoreError) when Kaggle's metric cannot score
+    their labels: found here, before the notebook runs, not as a traceback after it."""
     if ws.solution_beside.exists():
-        return LabelledSet(ws.data_dir / "test_soundscapes", ws.solution_beside, [])
+        labelled = LabelledSet(ws.data_dir / "test_soundscapes", ws.solution_beside, [])
+        refuse_unscorable(labelled.solution, "more or longer labelled test soundscapes")
+        return labelled
     manifest = ws.holdout_dir / "holdout.json"
     if (ws.holdout_dir / "solution.csv").exists() and manifest.exists():
         recordings = json.loads(manifest.read_text())["recordings"]
-        return LabelledSet(ws.holdout_dir / "test_soundscapes", ws.holdout_dir / "solution.csv", recordings)
+        labelled = LabelledSet(ws.holdout_dir / "test_soundscapes", ws.holdout_dir / "solution.csv", recordings)
+        refuse_unscorable(labelled.solution, f'more or longer soundscapes: `make holdout DATA={ws.data_dir} '
+                                             f'HOLDOUT_ARGS="--soundscapes N --duration-s S"`')
+        return labelled
     raise ScoreError(f"no labelled soundscapes for {ws.name}: run `make holdout DATA={ws.data_dir}` "
                      f"(or put Kaggle-format labels at {ws.solution_beside})")
+
+
+def refuse_unscorable(solution: Path, remedy: str) -> None:
+    """Kaggle's metric scores the classes with a positive and needs a negative of each: labels with no
+    positive at all, or a class positive in every row, have no score (train.metrics raises)."""
+    labels = pd.read_csv(solution)
+    classes = [c for c in labels.columns if c != "row_id"]
+    positives = labels[classes].sum()
+    everywhere = [c for c in classes if len(labels) and positives[c] == len(labels)]
+    if not (positives > 0).any():
+        why = f"no class has a positive in its {len(labels)} row(s)"
+    elif everywhere:
+        why = f"class(es) {everywhere[:5]} are positive in all {len(labels)} rows, so ROC-AUC has no negative for them"
+    else:
+        return
+    raise ScoreError(f"{solution} cannot be scored by Kaggle's metric: {why}. Score on {remedy}")
 
 
 def leaks(labelled: LabelledSet, models: list[dict], ws: Workspace, missing_ok: bool = False) -> list[tuple[dict, list[str]]]:

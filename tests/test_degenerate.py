@@ -1,0 +1,62 @@
+"""Degenerate but legal datasets: each either goes through the chain doing the right thing or is
+refused early, saying how to fix it; never a traceback after the work, never a silent wrong answer.
+
+The datasets are hand-written in the Kaggle layout: each class a tone of its own, a few seconds per
+recording, so that every stage runs in seconds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.audio_io import write_ogg
+from data.paths import Workspace
+
+SR = 32_000
+
+
+def tone(seconds: float, freq_hz: float, seed: int = 0) -> np.ndarray:
+    """A chirping tone over faint noise: enough for features, cheap to write."""
+    t = np.arange(int(round(seconds * SR))) / SR
+    noise = 0.02 * np.random.default_rng(seed).standard_normal(len(t))
+    return (0.3 * np.sin(2 * np.pi * freq_hz * t) * (np.sin(2 * np.pi * 2 * t) > 0) + noise).astype(np.float32)
+
+
+def kaggle_folder(root: Path, recordings: dict[str, list[float | None]]) -> Path:
+    """A dataset in the Kaggle layout: {class: [seconds of each recording; None: not audio]}, a
+    sample_submission with the classes sorted, an empty test_soundscapes/."""
+    rows = []
+    for k, (label, lengths) in enumerate(sorted(recordings.items())):
+        for i, seconds in enumerate(lengths):
+            filename = f"{label}/XC{k}{i:03d}.ogg"
+            path = root / "train_audio" / filename
+            if seconds is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"not audio" * 50)
+            else:
+                write_ogg(path, tone(seconds, 800 + 700 * k, seed=10 * k + i), SR)
+            rows.append({"primary_label": label, "secondary_labels": "[]", "rating": 4.0, "filename": filename})
+    pd.DataFrame(rows).to_csv(root / "train_metadata.csv", index=False)
+    classes = sorted(recordings)
+    sample = pd.DataFrame(np.full((48, len(classes)), 1 / len(classes)), columns=classes)
+    sample.insert(0, "row_id", [f"soundscape_0_{5 * (i + 1)}" for i in range(48)])
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    (root / "test_soundscapes").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+# ------------------------------------------------------------------------------ labels that cannot be scored
+@pytest.mark.parametrize("labels, why", [
+    ({"aaa": [0, 1, 1, 0], "bbb": [1, 1, 1, 1]}, r"class\(es\) \['bbb'\] are positive in all 4 rows"),
+    ({"aaa": [0, 0, 0, 0], "bbb": [0, 0, 0, 0]}, r"no class has a positive in its 4 row\(s\)"),
+])
+def test_labels_kaggles_metric_cannot_score_are_refused_before_the_notebook_runs(tmp_path, labels, why):
+    from submission.score import ScoreError, labelled_set
+
+    data = kaggle_folder(tmp_path / "birds", {"aaa": [6, 6], "bbb": [6, 6]})
+    solution = pd.DataFrame({"row_id": [f"s_{5 * (i + 1)}" for i in range(4)], **labels})
+    solution.to_csv(tmp_path / "birds_solution.csv", index=False)
+    with pytest.raises(ScoreError, match=why + r".*Score on more or longer labelled test soundscapes"):
+        labelled_set(Workspace.of(data))
