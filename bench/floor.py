@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from data.features import FeatureConfig
-from data.layout import LayoutError, class_list, read_metadata
+from data.layout import LayoutError, class_list, read_metadata, require_two_classes
 from data.paths import Workspace, output_root
 from data.preprocess import FeatureCache, PreprocessConfig, PreprocessError, ensure_cache
 from data.split import recording_folds
@@ -168,6 +168,7 @@ def run_floor(data_dir: Path, cfg: FloorConfig, cache_dir: Path | None = None, p
     t_start = time.perf_counter()
     data_dir = Path(data_dir)
     meta = read_metadata(data_dir)
+    require_two_classes(data_dir, meta)  # before preprocessing: one class has no floor to beat
     classes = class_list(meta)
     if cache_dir is None:
         cache_dir = ensure_cache(PreprocessConfig(data_dir=data_dir, features=FeatureConfig(), workers=0,

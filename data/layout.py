@@ -198,6 +198,16 @@ def class_list(meta: pd.DataFrame) -> list[str]:
     return sorted(meta["primary_label"].unique().tolist())
 
 
+def require_two_classes(data_dir: Path, meta: pd.DataFrame) -> None:
+    """Training, its validation ROC-AUC and Kaggle's metric need two classes or more: a one-species
+    dataset is refused here, before preprocessing, not by the model builder after it."""
+    classes = class_list(meta)
+    if len(classes) < 2:
+        raise LayoutError(f"{find_metadata(data_dir)} names a single species ({classes[0]!r}): the kit trains a "
+                          "classifier of two or more (ROC-AUC needs another class to rank against). Add the "
+                          "recordings of another species (train_audio/<species>/ and their metadata rows)")
+
+
 def class_change(old: list[str], new: list[str]) -> str:
     """How a class list changed, for refusals: 'added: a, b; removed: c'."""
     added, removed = [c for c in new if c not in old], [c for c in old if c not in new]

@@ -60,3 +60,27 @@ def test_labels_kaggles_metric_cannot_score_are_refused_before_the_notebook_runs
     solution.to_csv(tmp_path / "birds_solution.csv", index=False)
     with pytest.raises(ScoreError, match=why + r".*Score on more or longer labelled test soundscapes"):
         labelled_set(Workspace.of(data))
+
+
+# ------------------------------------------------------------------------------ one species
+ONE_SPECIES = "train_metadata.csv names a single species ('solo1'): the kit trains a classifier of two or more"
+
+
+def test_a_single_species_is_refused_by_train_before_preprocessing_saying_to_add_another(tmp_path, capsys):
+    from train.__main__ import main as train_main
+
+    data = kaggle_folder(tmp_path / "solo", {"solo1": [6, 6, 6, 6]})
+    assert train_main(["--data", str(data), "--models", "simple_cnn", "--epochs", "1", "--no-pretrained",
+                       "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert ONE_SPECIES in err and "Add the recordings of another species" in err
+    assert not Workspace.of(data).cache_root.exists()  # nothing was preprocessed for a run that cannot train
+
+
+def test_a_single_species_is_refused_by_the_floor_before_preprocessing(tmp_path, capsys):
+    from bench.floor import main as floor_main
+
+    data = kaggle_folder(tmp_path / "solo", {"solo1": [6, 6, 6, 6]})
+    assert floor_main(["--data", str(data), "--folds", "2"]) == 1
+    assert ONE_SPECIES in capsys.readouterr().err
+    assert not Workspace.of(data).cache_root.exists()

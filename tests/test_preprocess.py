@@ -276,7 +276,7 @@ def test_a_dataset_whose_every_recording_is_unreadable_is_refused_by_preprocess_
 
     monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
     data = tiny_layout(tmp_path / "all_bad", rows=("falswe1,[],falswe1/XC1.ogg", "falswe1,[],falswe1/XC2.ogg",
-                                                   "falswe1,[],falswe1/XC3.ogg"))
+                                                   "sptril1,[],sptril1/XC3.ogg"))  # two species: a lone one is refused sooner
     (data / "train_audio" / "falswe1").mkdir()
     (data / "train_audio" / "falswe1" / "XC1.ogg").write_bytes(b"not audio at all")
     (data / "train_audio" / "falswe1" / "XC2.ogg").write_bytes(b"")  # XC3.ogg is missing
@@ -288,7 +288,7 @@ def test_a_dataset_whose_every_recording_is_unreadable_is_refused_by_preprocess_
     assert preprocess_main(["--data", str(data), "--workers", "1", "--no-progress"]) == 1
     assert capsys.readouterr().err == message
     statuses = read_entries(cache_dir).set_index("filename").status.to_dict()
-    assert statuses == {"falswe1/XC1.ogg": "skipped", "falswe1/XC2.ogg": "skipped", "falswe1/XC3.ogg": "missing"}
+    assert statuses == {"falswe1/XC1.ogg": "skipped", "falswe1/XC2.ogg": "skipped", "sptril1/XC3.ogg": "missing"}
     assert not (cache_dir / "complete.json").exists()  # so every later stage asks again, and is refused again
     assert train_main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"]) == 1
     assert capsys.readouterr().err == message

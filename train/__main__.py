@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data.features import DENOISE_MODES, FeatureConfig
-from data.layout import LayoutError, read_metadata
+from data.layout import LayoutError, read_metadata, require_two_classes
 from data.paths import Workspace, refuse_unwritable
 from data.preprocess import PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache
 from data.split import fold_problem, without_holdout
@@ -180,6 +180,7 @@ class Interrupted(Exception):
 
 
 def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
+    require_two_classes(Path(args.data), read_metadata(Path(args.data)))  # before hours of preprocessing
     if args.cv:
         try:
             return cross_validate(args, d)
