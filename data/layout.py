@@ -141,6 +141,7 @@ def read_metadata(data_dir: Path) -> pd.DataFrame:
         raise LayoutError(f"{path} has no rows: it names no recording to train on. Restore the competition's file "
                           "(`make data` downloads and checks it) or add one row per file under train_audio/")
     refuse_empty_primary_labels(path, meta)
+    refuse_files_with_two_species(path, meta)
     meta["secondary_labels"] = secondary_labels(path, meta)
     meta = meta.drop_duplicates("filename").sort_values("filename").reset_index(drop=True)
     return meta
@@ -171,6 +172,16 @@ def refuse_empty_primary_labels(path: Path, meta: pd.DataFrame) -> None:
     if empty.any():
         raise LayoutError(f"{path} has an empty primary_label on {_rows(meta, empty)}: every recording needs its "
                           "species (the name of its train_audio/ folder): fill it in, or delete the row")
+
+
+def refuse_files_with_two_species(path: Path, meta: pd.DataFrame) -> None:
+    """Rows naming one file with different primary labels: keeping the first (as duplicates are) would
+    train the file as one of them and drop, unseen, a class only the other row names."""
+    species = meta.groupby("filename").primary_label.nunique()
+    torn = meta.filename.isin(species[species > 1].index)
+    if torn.any():
+        raise LayoutError(f"{path} gives one file two primary labels, on {_rows(meta, torn, value='primary_label')}: "
+                          "keep one row per file (a second species heard in it belongs in its secondary_labels)")
 
 
 _WARNED: set[tuple[str, str]] = set()  # (metadata, lines) already warned about: once per command, not per stage

@@ -84,3 +84,31 @@ def test_a_single_species_is_refused_by_the_floor_before_preprocessing(tmp_path,
     assert floor_main(["--data", str(data), "--folds", "2"]) == 1
     assert ONE_SPECIES in capsys.readouterr().err
     assert not Workspace.of(data).cache_root.exists()
+
+
+# ------------------------------------------------------------------------------ duplicate metadata rows
+def with_rows_appended(data: Path, rows: list[dict]) -> Path:
+    meta = pd.read_csv(data / "train_metadata.csv")
+    pd.concat([meta, pd.DataFrame(rows)]).to_csv(data / "train_metadata.csv", index=False)
+    return data
+
+
+def test_a_file_listed_twice_with_two_species_is_refused_naming_both_lines_not_a_class_dropped(tmp_path):
+    from data.layout import LayoutError, read_metadata
+
+    data = kaggle_folder(tmp_path / "twice", {"aaa": [6, 6], "bbb": [6, 6]})
+    with_rows_appended(data, [{"primary_label": "ccc", "secondary_labels": "[]", "rating": 4.0,
+                               "filename": "aaa/XC0000.ogg"}])  # ccc has no other row
+    with pytest.raises(LayoutError, match=r"gives one file two primary labels, on line 2 \(aaa/XC0000.ogg: 'aaa'\), "
+                                          r"line 6 \(aaa/XC0000.ogg: 'ccc'\): keep one row per file"):
+        read_metadata(data)
+
+
+def test_a_row_repeated_exactly_reads_as_one_recording(tmp_path):
+    from data.layout import class_list, read_metadata
+
+    data = kaggle_folder(tmp_path / "repeated", {"aaa": [6, 6], "bbb": [6, 6]})
+    first = pd.read_csv(data / "train_metadata.csv").iloc[0].to_dict()
+    meta = read_metadata(with_rows_appended(data, [first]))
+    assert meta.filename.tolist() == ["aaa/XC0000.ogg", "aaa/XC0001.ogg", "bbb/XC1000.ogg", "bbb/XC1001.ogg"]
+    assert class_list(meta) == ["aaa", "bbb"]
