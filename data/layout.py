@@ -241,9 +241,11 @@ def submission_header(data_dir: Path) -> list[str]:
 
 
 def list_audio(folder: Path) -> list[Path]:
+    """The audio files under folder, sorted; hidden ones (macOS's `._<name>.ogg` metadata) are not audio."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
 def unlabeled_soundscapes(data_dir: Path) -> list[Path]:

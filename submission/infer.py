@@ -475,9 +475,12 @@ def submission_rows(stem: str, probs: np.ndarray, classes: list[str], columns: l
 
 
 def list_soundscapes(test_dir: Path) -> list[Path]:
+    """The audio files of test_dir, sorted. Hidden ones are not soundscapes: macOS leaves a `._<name>.ogg`
+    of metadata beside each file it copies, which would get rows of its own."""
     if not test_dir.is_dir():
         return []
-    return sorted(p for p in test_dir.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return sorted(p for p in test_dir.iterdir()
+                  if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."))
 
 
 @dataclass

@@ -112,3 +112,31 @@ def test_a_row_repeated_exactly_reads_as_one_recording(tmp_path):
     meta = read_metadata(with_rows_appended(data, [first]))
     assert meta.filename.tolist() == ["aaa/XC0000.ogg", "aaa/XC0001.ogg", "bbb/XC1000.ogg", "bbb/XC1001.ogg"]
     assert class_list(meta) == ["aaa", "bbb"]
+
+
+# ------------------------------------------------------------------------------ what is not a soundscape
+def folder_as_a_mac_leaves_it(folder: Path) -> Path:
+    """Two soundscapes, the `._` metadata file macOS writes beside a copied one, a note, a subfolder."""
+    for stem in ("s1", "s2"):
+        write_ogg(folder / f"{stem}.ogg", tone(6, 900), SR)
+    (folder / "._s1.ogg").write_bytes(b"\x00\x05\x16\x07" + bytes(4000))  # AppleDouble header
+    (folder / "notes.txt").write_text("recorded at dawn")
+    write_ogg(folder / "sub" / "inner.ogg", tone(6, 900), SR)
+    return folder
+
+
+def test_only_the_visible_audio_files_of_test_soundscapes_get_rows(tmp_path):
+    from submission.infer import list_soundscapes
+
+    folder = folder_as_a_mac_leaves_it(tmp_path / "test_soundscapes")
+    assert [p.name for p in list_soundscapes(folder)] == ["s1.ogg", "s2.ogg"]
+
+
+def test_hidden_files_are_neither_backgrounds_for_the_holdout_nor_files_without_a_row(tmp_path):
+    from data.layout import unlabeled_soundscapes, validate_layout
+
+    data = kaggle_folder(tmp_path / "mac", {"aaa": [6, 6], "bbb": [6, 6]})
+    folder_as_a_mac_leaves_it(data / "unlabeled_soundscapes")
+    (data / "train_audio" / "aaa" / "._XC0000.ogg").write_bytes(b"\x00\x05\x16\x07" + bytes(4000))
+    assert [p.name for p in unlabeled_soundscapes(data)] == ["s1.ogg", "s2.ogg", "inner.ogg"]
+    assert validate_layout(data, progress=False).files_without_row == []
