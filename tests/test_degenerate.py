@@ -140,3 +140,18 @@ def test_hidden_files_are_neither_backgrounds_for_the_holdout_nor_files_without_
     (data / "train_audio" / "aaa" / "._XC0000.ogg").write_bytes(b"\x00\x05\x16\x07" + bytes(4000))
     assert [p.name for p in unlabeled_soundscapes(data)] == ["s1.ogg", "s2.ogg", "inner.ogg"]
     assert validate_layout(data, progress=False).files_without_row == []
+
+
+# ------------------------------------------------------------------------------ a species that does not decode
+def test_a_species_whose_recordings_all_fail_to_decode_keeps_its_column_and_is_named_as_untrained(tmp_path, capsys):
+    import json
+
+    from train.__main__ import main as train_main
+
+    data = kaggle_folder(tmp_path / "mute", {"aaa": [6, 6, 6], "bbb": [6, 6, 6], "ccc": [None, None, None]})
+    assert train_main(["--data", str(data), "--models", "simple_cnn", "--epochs", "1", "--no-pretrained",
+                       "--device", "cpu", "--holdout-fraction", "0", "--windows-per-recording", "1"]) == 0
+    assert ("warning: 1 of 3 classes have no training window, so the model cannot learn them: ccc."
+            in capsys.readouterr().out)
+    run, = Workspace.of(data).runs_dir.glob("simple_cnn-*")
+    assert json.loads((run / "split.json").read_text())["classes"] == ["aaa", "bbb", "ccc"]  # the column stays

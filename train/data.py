@@ -63,7 +63,20 @@ def make_splits(cache: FeatureCache, meta: pd.DataFrame, classes: list[str], cfg
         )
     warn_unknown_secondary_labels(meta, classes)
     args = (cache, classes, cfg.max_windows_per_recording)
-    return Splits(_windows(train_meta, *args), _windows(val_meta, *args), sorted(held), skipped)
+    splits = Splits(_windows(train_meta, *args), _windows(val_meta, *args), sorted(held), skipped)
+    warn_untrained_classes(splits.train, classes)
+    return splits
+
+
+def warn_untrained_classes(train: WindowSet, classes: list[str], show: int = 10) -> None:
+    """One line naming the classes no training window is labelled with: the model still outputs their
+    columns (the submission needs them) but cannot learn them, and a list of skipped files hides it."""
+    untrained = [c for c, seen in zip(classes, train.targets.any(axis=0)) if not seen]
+    if untrained:
+        more = f" (+{len(untrained) - show} more)" if len(untrained) > show else ""
+        print(f"warning: {len(untrained)} of {len(classes)} classes have no training window, so the model cannot "
+              f"learn them: {', '.join(untrained[:show])}{more}. Their recordings are unreadable or missing "
+              "(preprocess lists them) or all validate: fix or add recordings")
 
 
 def warn_unknown_secondary_labels(meta: pd.DataFrame, classes: list[str], show: int = 10) -> None:
