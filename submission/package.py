@@ -50,6 +50,11 @@ class PackageError(RuntimeError):
     """Packaging refused; the message says why."""
 
 
+class NothingToJudgeBy(PackageError):
+    """The labelled soundscapes exist but cannot be scored: a hold-out rebuilt alike would not be
+    chosen over them (DATA's own) or would be alike (data/holdout's)."""
+
+
 @dataclass
 class PackageConfig:
     """What goes into submission/dist/."""
@@ -204,14 +209,15 @@ def choose_members(cfg: PackageConfig) -> list[tuple[Path, dict]]:
 
 def labelled_soundscapes(cfg: PackageConfig, what: str):
     """The labelled soundscapes `make score` would use for cfg.data_dir (PackageError naming `what` otherwise)."""
-    from submission.score import ScoreError, labelled_set
+    from submission.score import ScoreError, UnscorableLabels, labelled_set
 
     if cfg.data_dir is None:
         raise PackageError(f"{what} needs --data: its labelled soundscapes score it")
     try:
         return labelled_set(Workspace.of(cfg.data_dir))
     except ScoreError as e:
-        raise PackageError(f"{what} is judged by the local score: {e}") from None
+        error = NothingToJudgeBy if isinstance(e, UnscorableLabels) else PackageError
+        raise error(f"{what} is judged by the local score: {e}") from None
 
 
 def withheld_split(members: list[tuple[Path, dict]], data_dir: Path) -> tuple[float, int] | None:
@@ -272,9 +278,14 @@ def judging_set(members: list[tuple[Path, dict]], cfg: PackageConfig, what: str)
         if why is None:
             return labelled, None
         heading = why
+    except NothingToJudgeBy as e:
+        return None, str(e)
     except PackageError as e:
         why, heading = str(e), f"no labelled soundscapes for {cfg.data_dir and Workspace.of(cfg.data_dir).name}"
-    rebuilt = build_withheld_holdout(members, cfg, heading)
+    try:
+        rebuilt = build_withheld_holdout(members, cfg, heading)
+    except NothingToJudgeBy as e:  # the withheld recordings make too few soundscapes to score
+        return None, str(e)
     if rebuilt is None:
         return None, why
     leak = leak_reason(rebuilt, members, cfg)

@@ -42,6 +42,10 @@ class ScoreError(RuntimeError):
     """Scoring impossible; the message says what to run first."""
 
 
+class UnscorableLabels(ScoreError):
+    """Labelled soundscapes exist, but Kaggle's metric cannot score their labels."""
+
+
 @dataclass
 class LabelledSet:
     soundscapes: Path
@@ -80,7 +84,7 @@ def refuse_unscorable(solution: Path, remedy: str) -> None:
         why = f"class(es) {everywhere[:5]} are positive in all {len(labels)} rows, so ROC-AUC has no negative for them"
     else:
         return
-    raise ScoreError(f"{solution} cannot be scored by Kaggle's metric: {why}. Score on {remedy}")
+    raise UnscorableLabels(f"{solution} cannot be scored by Kaggle's metric: {why}. Score on {remedy}")
 
 
 def leaks(labelled: LabelledSet, models: list[dict], ws: Workspace, missing_ok: bool = False) -> list[tuple[dict, list[str]]]:

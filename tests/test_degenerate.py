@@ -155,3 +155,25 @@ def test_a_species_whose_recordings_all_fail_to_decode_keeps_its_column_and_is_n
             in capsys.readouterr().out)
     run, = Workspace.of(data).runs_dir.glob("simple_cnn-*")
     assert json.loads((run / "split.json").read_text())["classes"] == ["aaa", "bbb", "ccc"]  # the column stays
+
+
+def test_an_ensemble_judged_on_unscorable_labels_ships_the_best_model_alone_saying_why(tmp_path, monkeypatch, capsys):
+    from submission.package import PackageConfig, judged_prefix
+    from train.config import TrainConfig
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    data = kaggle_folder(tmp_path / "birds", {"aaa": [6, 6, 6, 6], "bbb": [6, 6, 6, 6]})
+    pd.DataFrame({"row_id": ["s_5", "s_10"], "aaa": [0, 1], "bbb": [1, 1]}).to_csv(tmp_path / "birds_solution.csv",
+                                                                                   index=False)
+    members = []
+    for name in ("simple_cnn", "resnet18"):  # runs that withheld recordings: the package rebuilds a hold-out
+        run = Workspace.of(data).runs_dir / f"{name}-1"
+        run.mkdir(parents=True)
+        TrainConfig(model=name, data_dir=str(data), holdout_fraction=0.25).save(run / "config.json")
+        members.append((tmp_path / f"{name}.onnx", {"run": run.name, "model_name": name}))
+    cfg = PackageConfig(onnx_paths=[p for p, _ in members], out_dir=tmp_path / "dist", data_dir=data)
+    assert judged_prefix(members, cfg) == members[:1]
+    out = capsys.readouterr().out
+    assert "package: shipping simple_cnn alone: an ensemble is judged by the local score: " in out
+    assert "['bbb'] are positive in all 2 rows" in out
+    assert not Workspace.of(data).holdout_dir.exists()  # DATA's own labels would be chosen over a rebuilt hold-out
