@@ -372,8 +372,13 @@ def _process(writer: CacheWriter, data_dir: Path, pending: list[str], cfg: Prepr
 
 def _run_jobs(jobs: list, workers: int):
     if workers <= 1 or len(jobs) <= 1:
-        _worker_init()
-        yield from map(_featurise, jobs)
+        from threadpoolctl import threadpool_limits
+
+        # In this very process: one thread while it featurises (as a pool worker would), and the
+        # caller's threads back after it. `make train` goes on to train in this process; left at
+        # one thread it trained slower, and not bit for bit as a run that found the cache built.
+        with threadpool_limits(1):
+            yield from map(_featurise, jobs)
         return
     # forkserver: children start clean even when the parent already holds torch's threads.
     ctx = mp.get_context("forkserver")
