@@ -1,11 +1,18 @@
 """Interruptions and concurrency: what a kill, a rerun or a second command at once leaves behind."""
+import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from data.preprocess import PreprocessConfig, preprocess
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -25,3 +32,54 @@ def test_preprocessing_in_the_training_process_gives_its_threads_back(tiny_datas
     data = shutil.copytree(tiny_dataset, tmp_path / "fresh")
     preprocess(PreprocessConfig(Path(data), workers=1, progress=False))
     assert torch.get_num_threads() == 2
+
+
+def train_args(data: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--models", "simple_cnn", "--epochs", "1", "--no-pretrained", "--device", "cpu",
+            "--windows-per-recording", "1", "--preprocess-workers", "1", *extra]
+
+
+def test_two_trainings_started_in_the_same_second_train_into_two_run_folders(tiny_dataset, tmp_path, monkeypatch):
+    # Run folders are named by the second a command started; a second command in that second
+    # (another seed, a scheduler's array job) used to write into the first one's folder.
+    import train.__main__ as train_cli
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    monkeypatch.setattr(train_cli.time, "strftime", lambda fmt: "20260101-120000")
+    for seed in ("0", "1"):
+        assert train_cli.main(train_args(tiny_dataset, "--seed", seed)) == 0
+    runs = sorted((tmp_path / "train" / "runs" / tiny_dataset.name).glob("simple_cnn-*"))
+    assert [r.name for r in runs] == ["simple_cnn-20260101-120000", "simple_cnn-20260101-120000-2"]
+    assert [json.loads((r / "config.json").read_text())["seed"] for r in runs] == [0, 1]
+    assert [torch.load(r / "best.pt", weights_only=False)["config"]["seed"] for r in runs] == [0, 1]
+
+
+def test_resuming_a_run_that_is_still_training_is_refused(tiny_dataset, tmp_path, monkeypatch, capsys):
+    # `make train RESUME=1` takes the latest run without a summary; while its first command still
+    # trains, the two would write the same checkpoints and temporary files.
+    from train.__main__ import main as train_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    cmd = [sys.executable, "-m", "train", *train_args(tiny_dataset)]
+    cmd[cmd.index("--epochs") + 1] = "30"
+    live = subprocess.Popen(cmd, cwd=REPO, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        last = wait_for(lambda: list((tmp_path / "train" / "runs" / tiny_dataset.name).glob("simple_cnn-*/last.pt")))
+        rc = train_main(train_args(tiny_dataset, "--resume"))
+        assert live.poll() is None, "the first command should still be training"
+    finally:
+        live.kill()
+        live.wait()
+    assert rc == 1
+    assert f"another training process is writing {last[0].parent} right now" in capsys.readouterr().err
+
+
+def wait_for(found, timeout_s: float = 120.0):
+    """found()'s first truthy value, polling; fails the test after timeout_s."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"nothing after {timeout_s} s")

@@ -22,6 +22,7 @@ from data.paths import Workspace, refuse_unwritable
 from data.preprocess import PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache
 from data.split import fold_problem, without_holdout
 from train import dist
+from train.checkpoint import new_run_dir
 from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, at_least, config_for
 from train.loop import fit
 from train.models import DEFAULT_MODELS, MODEL_NAMES, fetch_imagenet_weights
@@ -222,14 +223,21 @@ def train_one(args: argparse.Namespace, d: dist.Dist, ws: Workspace, model: str,
               stamp: str) -> dict:
     """One model's run (or the continuation of its killed one, with --resume); its summary."""
     cfg = model_config(args, model, features)
-    run_dir = ws.runs_dir / f"{model}-{stamp}"
     resume = args.resume and unfinished_run(ws.runs_dir, model)
     if resume:
         run_dir, cfg = resume, TrainConfig.load(resume / "config.json")
         print(f"train: resuming {run_dir.name} with its own config.json (command-line settings ignored)")
-    elif args.resume:
-        print(f"train: no killed run of {model} to resume, starting {run_dir.name}")
-    return {**fit(cfg, cache_for(args, cfg, d), run_dir, resume=bool(resume), d=d), "dir": str(run_dir)}
+    cache_dir = cache_for(args, cfg, d)  # before the run folder: a failed preprocess leaves none behind
+    if not resume:
+        run_dir = claim_run_dir(d, ws.runs_dir, f"{model}-{stamp}")
+        if args.resume:
+            print(f"train: no killed run of {model} to resume, starting {run_dir.name}")
+    return {**fit(cfg, cache_dir, run_dir, resume=bool(resume), d=d), "dir": str(run_dir)}
+
+
+def claim_run_dir(d: dist.Dist, parent: Path, name: str, tail: str = "") -> Path:
+    """A new run folder, created by rank 0 (train.checkpoint.new_run_dir) and the same on every rank."""
+    return dist.broadcast(d, new_run_dir(parent, name, tail) if d.main else None)
 
 
 def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
@@ -250,7 +258,7 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
         folds = []
         for k in fold_ids:
             cfg = model_config(args, model, features, folds=args.cv, fold=k)
-            folds.append(fit_fold(args, cfg, cv_dir, f"{model}-{stamp}-fold{k}", d))
+            folds.append(fit_fold(args, cfg, cv_dir, f"{model}-{stamp}", d))
         lines.append(cv_line(model, folds))
     which = "" if len(fold_ids) == args.cv else f", folds {' '.join(map(str, fold_ids))} only"
     print(f"\n{args.cv}-fold cross-validation grouped by recording (mean ± std over folds{which}):")
@@ -269,7 +277,7 @@ def check_folds(args: argparse.Namespace, features: FeatureConfig, fold_ids: lis
             raise ValueError(problem)
 
 
-def fit_fold(args: argparse.Namespace, cfg: TrainConfig, cv_dir: Path, new_name: str, d: dist.Dist) -> dict:
+def fit_fold(args: argparse.Namespace, cfg: TrainConfig, cv_dir: Path, stem: str, d: dist.Dist) -> dict:
     """One fold's summary. With --resume, the latest run of this fold with this very config is
     reused when finished and continued when killed, so a rerun of a stopped `make cv` picks up
     where it stopped; without one (or with other settings) the fold trains in a new folder."""
@@ -277,9 +285,13 @@ def fit_fold(args: argparse.Namespace, cfg: TrainConfig, cv_dir: Path, new_name:
     if run is not None and (run / "summary.json").exists():
         print(f"\n=== {cfg.model} fold {cfg.fold}: finished in {run.name} with the same config, reused")
         return json.loads((run / "summary.json").read_text())
-    if args.resume and run is None:
-        print(f"\n=== {cfg.model} fold {cfg.fold}: no killed run with this config to resume, starting {new_name}")
-    return fit(cfg, cache_for(args, cfg, d), run or cv_dir / new_name, resume=run is not None, d=d)
+    cache_dir = cache_for(args, cfg, d)
+    if run is not None:
+        return fit(cfg, cache_dir, run, resume=True, d=d)
+    run = claim_run_dir(d, cv_dir, stem, f"-fold{cfg.fold}")
+    if args.resume:
+        print(f"\n=== {cfg.model} fold {cfg.fold}: no killed run with this config to resume, starting {run.name}")
+    return fit(cfg, cache_dir, run, d=d)
 
 
 def latest_fold_run(cv_dir: Path, cfg: TrainConfig) -> Path | None:

@@ -8,6 +8,8 @@ at the epoch's end: training may change the live tensors while the copy is writt
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
 from pathlib import Path
@@ -37,6 +39,36 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_torch_save(obj, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """One training process per run folder while it trains: a second one (a `--resume` of a run
+    that is still training) would write the same last.pt, best.pt and metrics.csv, and their
+    temporary files, under the first one's feet. The kernel drops the lock when a process dies,
+    so a killed run can be resumed at once."""
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another training process is writing {run_dir} right now; wait for it to finish "
+                               "(or stop it) before resuming it") from None
+        yield
+
+
+def new_run_dir(parent: Path, name: str, tail: str = "") -> Path:
+    """parent/<name><tail>, created here and now; <name>-2<tail>, -3 ... where another command
+    took it first. Run folders are named by the second a command started: two commands started
+    in the same second must not train into one folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        path = parent / f"{name}{'' if k == 1 else f'-{k}'}{tail}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run folder name for {name}{tail} in {parent}")
 
 
 class BackgroundWriter:

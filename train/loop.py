@@ -33,7 +33,7 @@ from train import dist
 from data.layout import class_change, class_list, read_metadata
 from data.preprocess import FeatureCache
 from train.augment import mixup, power_mix, spec_mask, time_shift
-from train.checkpoint import BackgroundWriter, atomic_torch_save, atomic_write, host_copy
+from train.checkpoint import BackgroundWriter, atomic_torch_save, atomic_write, host_copy, run_lock
 from train.config import TrainConfig
 from train.data import CachedWindows, EpochSampler, balance_weights, loader, make_splits
 from train.metrics import accuracy, macro_roc_auc
@@ -306,8 +306,13 @@ def check_resume_classes(path: Path, saved: list[str], classes: list[str]) -> No
 def fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool = False, d: dist.Dist = dist.Dist()) -> dict:
     """Train one model; returns the summary also written to run_dir/summary.json. With resume,
     continue from run_dir/last.pt (model, optimizer, schedule, EMA, scaler, random states, epoch).
-    Under torchrun every process calls this; rank 0 alone writes the run folder."""
+    Under torchrun every process calls this; rank 0 alone writes the run folder, and holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) if d.main else nullcontext():
+        return _fit(cfg, cache_dir, run_dir, resume, d)
+
+
+def _fit(cfg: TrainConfig, cache_dir: Path, run_dir: Path, resume: bool, d: dist.Dist) -> dict:
     print(f"\n=== {cfg.model} -> {run_dir}" + (" (resuming)" if resume else ""))
     saved = None
     if resume and (run_dir / "last.pt").exists():  # refuse a changed class list before touching the run folder
