@@ -326,8 +326,12 @@ def _shard_of(filenames: list[str], shard: tuple[int, int] | None) -> list[str]:
     return [f for k, f in enumerate(sorted(filenames)) if k % n == i]
 
 
+MERGED_SHARDS = ".merged"  # under <cache>/shards/: merged shard folders on their way out
+
+
 def merge_shards(writer: CacheWriter, main_dir: Path) -> None:
     """Append the recordings of finished shard folders the main cache lacks, then drop them."""
+    shutil.rmtree(main_dir / "shards" / MERGED_SHARDS, ignore_errors=True)  # a drop a kill cut short
     for shard_dir in sorted((main_dir / "shards").glob("*-of-*")):
         if not (shard_dir / "complete.json").exists():
             print(f"preprocess: {shard_dir.name} is not finished; rerun `--shard {shard_dir.name.replace('-of-', '/')}`")
@@ -343,7 +347,17 @@ def merge_shards(writer: CacheWriter, main_dir: Path) -> None:
             added += 1
         print(f"preprocess: merged {added} recordings from shard {shard_dir.name}")
         del shard
-        shutil.rmtree(shard_dir)
+        _drop_merged(shard_dir)
+
+
+def _drop_merged(shard_dir: Path) -> None:
+    """Move the shard out of the way in one rename, then delete it. Deleted in place, a kill
+    between its features.f16 and its complete.json (a big file's unlink is the slow step) left
+    a shard that still said complete without its windows, and every later run failed on it."""
+    trash = shard_dir.parent / MERGED_SHARDS
+    trash.mkdir(exist_ok=True)
+    shard_dir.rename(trash / shard_dir.name)
+    shutil.rmtree(trash)
 
 
 def _process(writer: CacheWriter, data_dir: Path, pending: list[str], cfg: PreprocessConfig) -> tuple[float, int]:

@@ -83,3 +83,29 @@ def wait_for(found, timeout_s: float = 120.0):
             return value
         time.sleep(0.05)
     raise AssertionError(f"nothing after {timeout_s} s")
+
+
+def test_a_merge_killed_while_it_deletes_a_merged_shard_is_finished_by_the_next_run(tiny_dataset, tmp_path,
+                                                                                   monkeypatch):
+    # A kill during the unlink of a big shard's features.f16 lands as that unlink returns: the
+    # shard's windows are gone while its entries.csv and complete.json are still there.
+    import data.preprocess as pre
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "sharded"))
+    for i in range(2):
+        preprocess(PreprocessConfig(tiny_dataset, workers=1, progress=False, shard=(i, 2)))
+    real_rmtree = shutil.rmtree
+
+    def killed_after_the_windows(path, *args, **kwargs):
+        windows = sorted(Path(path).rglob("features.f16"))
+        if not windows:
+            return real_rmtree(path, *args, **kwargs)
+        windows[0].unlink()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pre.shutil, "rmtree", killed_after_the_windows)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(PreprocessConfig(tiny_dataset, workers=1, progress=False))
+    monkeypatch.setattr(pre.shutil, "rmtree", real_rmtree)
+    merged = pre.FeatureCache.open(preprocess(PreprocessConfig(tiny_dataset, workers=1, progress=False)))
+    assert sorted(merged.entries.index) == sorted(pre.read_metadata(tiny_dataset).filename)
+    assert not any((merged.dir / "shards").iterdir())
