@@ -5,13 +5,12 @@ With no finished run for DATA yet, it trains first: `python -m train --data DATA
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
 from data.paths import Workspace, refuse_unwritable
-from export.to_onnx import PARITY_ATOL, ExportError, export_best, export_run, remove_candidates
+from export.to_onnx import PARITY_ATOL, ExportError, export_best, export_run, remove_candidates, write_report
 from train.config import at_least
 from train.report import finished_runs
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             remove_candidates(ws.export_dir)  # this run alone is the export now
             report = export_run(args.run, ws.export_dir, atol=args.atol, opset=args.opset,
                                 activation=args.activation)
-            (ws.export_dir / "export.json").write_text(json.dumps({**report, "ensemble": []}, indent=2) + "\n")
+            write_report(ws.export_dir, {**report, "ensemble": []})
         else:
             report = export_best(ws.runs_dir, ws.export_dir, top=args.top, atol=args.atol, opset=args.opset,
                                  activation=args.activation)

@@ -215,10 +215,27 @@ def export_run(run_dir: Path, out_dir: Path, *, atol: float = PARITY_ATOL, opset
     }
 
 
+EXPORT_REPORT = "export.json"
+
+
 def remove_candidates(out_dir: Path) -> None:
-    """Drop an earlier export's ensemble candidates (model-2.onnx, ...): packaging takes every one it finds."""
+    """Drop an earlier export's ensemble candidates (model-2.onnx, ...): packaging takes every one it
+    finds. export.json goes first: it marks a finished export (write_report), and a killed one
+    that has already replaced some of the models must not look finished to `make package`."""
+    (out_dir / EXPORT_REPORT).unlink(missing_ok=True)
     for stale in out_dir.glob("model-*.onnx"):
         stale.unlink()
+
+
+def write_report(out_dir: Path, report: dict) -> None:
+    """export.json, written last and atomically: the mark of an export whose every model is in place."""
+    tmp = out_dir / f".{EXPORT_REPORT}.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out_dir / EXPORT_REPORT)
+
+
+def export_finished(out_dir: Path) -> bool:
+    return (out_dir / EXPORT_REPORT).exists()
 
 
 def export_best(runs_dir: Path, out_dir: Path, *, top: int = 1, atol: float = PARITY_ATOL, opset: int = 18,
@@ -232,5 +249,5 @@ def export_best(runs_dir: Path, out_dir: Path, *, top: int = 1, atol: float = PA
                           filename="model.onnx" if k == 0 else f"model-{k + 1}.onnx")
                for k, r in enumerate(runs[:top])]
     report = {**reports[0], "ensemble": reports[1:]}
-    (out_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(out_dir, report)
     return report

@@ -457,10 +457,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def export_first(args: argparse.Namespace, ws: Workspace, n_models: int) -> int:
     """`make package` brings in `make export` (and it `make train`) where nothing is exported yet: its exit code."""
-    if args.onnx or (ws.export_dir / "model.onnx").exists():
-        return 0
-    print(f"package: no exported model for {ws.name} yet, exporting first")
     from export.__main__ import main as export_main
+    from export.to_onnx import export_finished
+
+    if args.onnx or export_finished(ws.export_dir):
+        return 0
+    if (ws.export_dir / "model.onnx").exists():  # stopped part way: its candidates may be missing or stale
+        print(f"package: the export of {ws.name} did not finish (no export.json), exporting again")
+    else:
+        print(f"package: no exported model for {ws.name} yet, exporting first")
 
     return export_main(["--data", str(args.data), "--top", str(n_models), f"--train-args={args.train_args}"])
 

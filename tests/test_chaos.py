@@ -85,6 +85,48 @@ def wait_for(found, timeout_s: float = 120.0):
     raise AssertionError(f"nothing after {timeout_s} s")
 
 
+def finished_fake_run(runs_dir: Path, name: str, auc: float) -> None:
+    """A run folder export ranks as finished (its weights are never read here)."""
+    run = runs_dir / name
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "val_roc_auc": auc, "val_accuracy": auc}))
+    (run / "best.pt").write_bytes(b"")
+
+
+def test_an_export_stopped_between_its_models_is_not_taken_as_finished_by_package(tmp_path, monkeypatch, capsys):
+    # Ctrl-C (or a kill) after model.onnx was replaced but before model-2.onnx: `make package`
+    # used to see model.onnx, skip the export and ship one model without judging an ensemble.
+    import argparse
+
+    import export.__main__ as export_cli
+    from data.paths import Workspace
+    from export import to_onnx
+    from submission.package import export_first
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    ws = Workspace.of(tmp_path / "tiny")
+    for name, auc in (("simple_cnn-1", 0.9), ("simple_cnn-2", 0.8)):
+        finished_fake_run(ws.runs_dir, name, auc)
+    ws.export_dir.mkdir(parents=True)
+    for earlier in ("model.onnx", "model-2.onnx", "export.json"):  # a finished export of before
+        (ws.export_dir / earlier).write_text("earlier")
+
+    def export_run(run_dir, out_dir, *, filename, **kw):
+        if filename != "model.onnx":
+            raise KeyboardInterrupt
+        (out_dir / filename).write_text("new")
+    monkeypatch.setattr(to_onnx, "export_run", export_run)
+    with pytest.raises(KeyboardInterrupt):
+        to_onnx.export_best(ws.runs_dir, ws.export_dir, top=2)
+    assert not (ws.export_dir / "export.json").exists()
+
+    exports = []
+    monkeypatch.setattr(export_cli, "main", lambda argv: exports.append(argv) or 0)
+    args = argparse.Namespace(onnx=None, data=str(ws.data_dir), train_args="")
+    assert export_first(args, ws, 3) == 0
+    assert len(exports) == 1 and "did not finish (no export.json), exporting again" in capsys.readouterr().out
+
+
 def test_a_merge_killed_while_it_deletes_a_merged_shard_is_finished_by_the_next_run(tiny_dataset, tmp_path,
                                                                                    monkeypatch):
     # A kill during the unlink of a big shard's features.f16 lands as that unlink returns: the
