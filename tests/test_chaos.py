@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -151,3 +152,34 @@ def test_a_merge_killed_while_it_deletes_a_merged_shard_is_finished_by_the_next_
     merged = pre.FeatureCache.open(preprocess(PreprocessConfig(tiny_dataset, workers=1, progress=False)))
     assert sorted(merged.entries.index) == sorted(pre.read_metadata(tiny_dataset).filename)
     assert not any((merged.dir / "shards").iterdir())
+
+
+def test_a_run_with_dataloader_workers_resumes_to_the_same_metrics_as_an_uninterrupted_one(tiny_dataset, tmp_path,
+                                                                                           monkeypatch):
+    # Persistent workers (--num-workers N, 4 by default on CUDA) drew their seed from torch's global
+    # stream once per run, so a resumed run drew it again and its dropout went another way.
+    import train.loop as loop
+    from data.features import FeatureConfig
+    from data.preprocess import ensure_cache
+    from train.config import config_for
+
+    cfg = config_for("simple_cnn", str(tiny_dataset), epochs=3, pretrained=False, device="cpu", num_workers=1,
+                     max_windows_per_recording=1)
+    cache = ensure_cache(PreprocessConfig(data_dir=tiny_dataset, features=FeatureConfig(), progress=False))
+    loop.fit(cfg, cache, tmp_path / "whole")
+    run_epoch = loop.run_epoch
+
+    def killed_before_epoch_3(cfg, state, data, device, epoch, *args, **kwargs):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        run_epoch(cfg, state, data, device, epoch, *args, **kwargs)
+    monkeypatch.setattr(loop, "run_epoch", killed_before_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        loop.fit(cfg, cache, tmp_path / "killed")
+    monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    loop.fit(cfg, cache, tmp_path / "killed", resume=True)
+    metrics = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_roc_auc"]
+    whole, resumed = (pd.read_csv(tmp_path / run / "metrics.csv")[metrics] for run in ("whole", "killed"))
+    pd.testing.assert_frame_equal(resumed, whole)
+
+

@@ -255,6 +255,12 @@ def loader(dataset: CachedWindows, sampler: EpochSampler, num_workers: int, pin_
     """A DataLoader that fetches whole batches with one gather (batch_size=None: the sampler
     yields index lists), in worker processes when num_workers > 0, into pinned memory on CUDA.
     Workers persist across epochs: on a GPU an epoch of a small dataset takes well under a second,
-    less than starting the workers again would."""
+    less than starting the workers again would.
+
+    The loader draws its workers' seed from a generator of its own, not from torch's global stream
+    (dropout's): persistent workers draw it once per run, so a resumed run would draw it once more
+    than the killed one and go on differently. The workers need no randomness of their own: the
+    windows and crops of a batch follow from its key (CachedWindows)."""
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None,
+                      generator=torch.Generator())
