@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -183,3 +184,27 @@ def test_a_run_with_dataloader_workers_resumes_to_the_same_metrics_as_an_uninter
     pd.testing.assert_frame_equal(resumed, whole)
 
 
+class Batches(torch.utils.data.Dataset):
+    """What a worker returns for a batch key: the window indices as a tensor."""
+
+    def __getitem__(self, key):
+        return torch.tensor(key[1])
+
+    def __len__(self):
+        return 64
+
+
+def test_a_sigterm_to_every_process_of_the_job_leaves_the_loaders_workers_running(tmp_path):
+    # Slurm and systemd send SIGTERM to every process of a job. A worker it killed made torch raise
+    # "DataLoader worker ... is killed by signal: Terminated" in the training process, which won
+    # over the interruption: exit 1 instead of 130 and the command that resumes. The training
+    # process decides; its workers carry on until it shuts them down.
+    from train.data import EpochSampler, loader
+
+    batches = iter(loader(Batches(), EpochSampler(64, 4), num_workers=1, pin_memory=False))
+    first = next(batches)
+    worker = batches._workers[0]
+    os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert worker.is_alive()
+    assert sum(len(b) for b in [first, *batches]) == 64

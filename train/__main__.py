@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """A kill (SIGTERM: a scheduler, a spot instance, `kill`) ends the run like Ctrl-C does, saying
-    how to continue from last.pt. Only this process: forked DataLoader workers keep the default."""
+    how to continue from last.pt. Only this process: a forked child keeps the default (the
+    DataLoader's workers ignore the signal: train.data.loader)."""
     pid = os.getpid()
 
     def handler(signum, frame):

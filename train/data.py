@@ -1,6 +1,7 @@
 """From the feature cache to training and validation windows, split by recording."""
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -263,4 +264,12 @@ def loader(dataset: CachedWindows, sampler: EpochSampler, num_workers: int, pin_
     windows and crops of a batch follow from its key (CachedWindows)."""
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None,
-                      generator=torch.Generator())
+                      generator=torch.Generator(), worker_init_fn=_ignore_sigterm if num_workers else None)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """A worker leaves SIGTERM to the training process. Slurm and systemd send it to every process
+    of a job; a worker it killed made torch raise "DataLoader worker ... is killed by signal" in
+    the training process, and that error won over the interruption (exit 1, no word on how to
+    resume). The worker still ends when its loader shuts down or its parent is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
