@@ -76,19 +76,26 @@ def test_bench_infer_times_each_stage_of_the_exported_model_and_its_memory_on_ka
     for column in ("decode", "features", "model 1t", "model all*", "pipeline", "overhead", "start-up s", "peak GB",
                    "at 4 cores***", "Kaggle min**"):
         assert column in header
-    row = json.loads((output_root() / "bench" / "out" / "infer.json").read_text())["models"][0]
+    rows = json.loads((output_root() / "bench" / "out" / "infer.json").read_text())["models"]
+    row = rows[0]  # the exported model
     for key in ("decode_s", "features_s", "model_1thread_s", "model_all_cores_s", "pipeline_s", "projected_min"):
         assert row[key] > 0, key
     assert row["overhead"] == row["pipeline_s"] / row["model_all_cores_s"]
     assert 0.05 < row["peak_gb"] < 4 and 0.05 < row["kaggle_peak_gb"] < 4
-    (here, here_run), (kaggle, kaggle_run) = runs  # the notebook's defaults, then Kaggle's process count
+    assert len(runs) == 2 * len(rows)  # per row: the notebook's defaults, then Kaggle's process count
+    (here, here_run), (kaggle, kaggle_run) = runs[:2]
     assert here == {} and kaggle == {"feature_workers": bench_infer.KAGGLE_CORES // 2,
                                      "soundscape_workers": bench_infer.KAGGLE_CORES if here_run["soundscape_workers"] else 0}
     assert (row["peak_gb"], row["kaggle_peak_gb"]) == (here_run["peak_bytes"] / 1e9, kaggle_run["peak_bytes"] / 1e9)
     assert f"{row['kaggle_peak_gb']:13.2f} {row['projected_min']:12.1f}" in text
-    # the chain packaged the exported model alone, so its row is what ships, with its verdict
-    assert row["ships"] is True
-    assert "what `make package` ships (the default submission): simple_cnn: " in text
+    # what the chain's package shipped (the exported model alone, or an ensemble the local score chose)
+    # is the one row marked as shipping, with its verdict
+    manifest = json.loads((output_root() / "submission" / "dist" / "dataset" / "birdkit.json").read_text())
+    shipped = [m["model_name"] for m in manifest["models"]]
+    assert [r["ships"] for r in rows] == ([True] if len(shipped) == 1 else [False, True])
+    assert rows[-1]["model"] == (row["model"] if len(shipped) == 1 else
+                                 f"package: {' + '.join(shipped)} ({manifest['combine']})")
+    assert f"what `make package` ships (the default submission): {rows[-1]['model']}: " in text
 
 
 def test_the_targets_a_row_misses_are_named_with_their_values():
@@ -106,22 +113,24 @@ def test_the_targets_a_row_misses_are_named_with_their_values():
 def test_an_ensemble_the_package_ships_is_timed_in_its_own_row_marked_as_shipping(chain, tmp_path, monkeypatch):
     import bench.infer
     from bench.infer import Benched, with_package
-    from data.paths import dist_dir
+    from submission.package import sha256
 
     exported = Benched("simple_cnn", [chain.export_dir / "model.onnx"])
-    assert [b.ships for b in with_package(exported, chain)] == [True]  # the chain shipped it alone
     dataset = tmp_path / "dataset"
     dataset.mkdir()
-    manifest = json.loads((dist_dir() / "dataset" / "birdkit.json").read_text())
-    manifest["models"] = [{**manifest["models"][0], "file": "model.onnx"},
-                          {**manifest["models"][0], "file": "model-2.onnx", "sha256": "other"}]
-    (dataset / "birdkit.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(bench.infer, "dist_dir", lambda: tmp_path)
+
+    def packaged(*models: dict, data: str = chain.name) -> None:
+        (dataset / "birdkit.json").write_text(json.dumps({"dataset": data, "combine": "mean", "models": list(models)}))
+
+    alone = {"file": "model.onnx", "model_name": "simple_cnn", "sha256": sha256(exported.onnx_paths[0])}
+    packaged(alone)
+    assert [(b.name, b.ships) for b in with_package(exported, chain)] == [("simple_cnn", True)]  # its own row
+    packaged(alone, {**alone, "file": "model-2.onnx", "sha256": "other"})
     rows = with_package(exported, chain)
     assert [(b.name, b.ships) for b in rows] == [("simple_cnn", False), ("package: simple_cnn + simple_cnn (mean)", True)]
     assert rows[1].onnx_paths == [dataset / "model.onnx", dataset / "model-2.onnx"]
-    manifest["dataset"] = "another"
-    (dataset / "birdkit.json").write_text(json.dumps(manifest))
+    packaged(alone, data="another")
     assert [b.ships for b in with_package(exported, chain)] == [False]  # packaged for other data: nothing known
 
 

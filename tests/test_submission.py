@@ -303,7 +303,7 @@ def test_packaging_builds_the_hold_out_from_what_the_runs_withheld_when_there_is
     assert "no labelled soundscapes for unlabelled: building them from the recordings the runs withheld" in printed
     mixed = json.loads((ws.holdout_dir / "holdout.json").read_text())["recordings"]
     assert mixed and set(mixed) <= set(held)
-    assert "local score of the best-first ensembles (mean): simple_cnn " in printed
+    assert f"local score of the best-first ensembles (mean): {members[0][1]['model_name']} " in printed
 
     second = ws.runs_dir / members[1][1]["run"] / "config.json"
     second.write_text(json.dumps({**json.loads(second.read_text()), "seed": 1}))
@@ -327,13 +327,13 @@ def test_an_ensemble_is_not_judged_on_soundscapes_a_member_trained_on_but_on_one
     package(PackageConfig(two_exports, tmp_path / "dist", data_dir=data, judge_ensemble=True, budget_min=1e6,
                           bundle_wheels=False))
     printed = capsys.readouterr().out
-    assert (f"package: simple_cnn ({members[0][1]['run']}) trained on ") in printed
+    assert (f"package: {members[0][1]['model_name']} ({members[0][1]['run']}) trained on ") in printed
     assert ("recording(s) of the labelled soundscapes of birds, which would favour it: building them from the "
             "recordings the runs withheld (`make holdout`, fraction 0.15, seed 0)") in printed
     rebuilt = json.loads((ws.holdout_dir / "holdout.json").read_text())
     assert rebuilt["recordings"] and set(rebuilt["recordings"]) <= set(held)  # `make score` scores on what none saw
     assert rebuilt["n_soundscapes"] == 2 and len(rebuilt["backgrounds"]) == 2  # the replaced one's HOLDOUT_ARGS kept
-    assert "local score of the best-first ensembles (mean): simple_cnn " in printed
+    assert f"local score of the best-first ensembles (mean): {members[0][1]['model_name']} " in printed
 
 
 def test_scoring_refuses_an_ensemble_whose_any_member_trained_on_a_held_out_recording(tmp_path):
