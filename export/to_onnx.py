@@ -20,6 +20,7 @@ from torch import nn
 from data.features import FEATURES_VERSION
 from data.layout import class_change, class_list, find_metadata, read_metadata
 from data.preprocess import FeatureCache, cache_dir_for
+from train.checkpoint import atomic_write
 from train.config import TrainConfig
 from train.models import build_model
 from train.report import finished_runs
@@ -229,12 +230,11 @@ def remove_candidates(out_dir: Path) -> None:
 
 def write_report(out_dir: Path, report: dict) -> None:
     """export.json, written last and atomically: the mark of an export whose every model is in place."""
-    tmp = out_dir / f".{EXPORT_REPORT}.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out_dir / EXPORT_REPORT)
+    atomic_write(out_dir / EXPORT_REPORT, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
 
 
 def export_finished(out_dir: Path) -> bool:
+    """Whether out_dir holds a whole export (write_report came last), not one stopped part way."""
     return (out_dir / EXPORT_REPORT).exists()
 
 
