@@ -134,6 +134,15 @@ def load_finite_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
     return at_rate(y, sr, sample_rate_hz)
 
 
+AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
+
+
+def is_audio_file(path: Path) -> bool:
+    """Whether the kit reads path as audio: training recordings, backgrounds and test soundscapes
+    alike. Hidden files are not: macOS leaves a `._<name>.ogg` of metadata beside each file it copies."""
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
 def audio_seconds(path: str | Path) -> float | None:
     """Duration from the file header, without decoding; None when unreadable."""
     import soundfile as sf

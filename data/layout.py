@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.features import audio_seconds
+from data.features import audio_seconds, is_audio_file
 
 METADATA_COLUMNS = [
     "primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name",
@@ -37,7 +37,6 @@ LONG_SUBMISSION_COLUMNS = {"target", "birds"}
 # Their slugs: `make data` refuses them before downloading. A slug the kit does not know (a new year) is
 # downloaded and judged by its layout, like any other.
 LONG_TABLE_COMPETITIONS = ("birdclef-2021", "birdclef-2022")
-AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
 
 
 class LayoutError(ValueError):
@@ -244,8 +243,7 @@ def list_audio(folder: Path) -> list[Path]:
     """The audio files under folder, sorted; hidden ones (macOS's `._<name>.ogg` metadata) are not audio."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return sorted(p for p in folder.rglob("*") if is_audio_file(p))
 
 
 def unlabeled_soundscapes(data_dir: Path) -> list[Path]:

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from data.features import (
-    FEATURES_VERSION, AudioError, FeatureConfig, at_rate, audio_seconds, audio_to_features, decode, n_windows,
-    row_end_seconds,
+    FEATURES_VERSION, AudioError, FeatureConfig, at_rate, audio_seconds, audio_to_features, decode, is_audio_file,
+    n_windows, row_end_seconds,
 )
 
 MANIFEST_NAME = "birdkit.json"
@@ -45,7 +45,6 @@ DEADLINE_MARGIN_MIN = 10.0
 DEFAULT_DEADLINE_MIN = KAGGLE_LIMIT_MIN - DEADLINE_MARGIN_MIN
 POOL_MAX_MS_PER_WINDOW = 50.0  # auto: whole-soundscape workers only for models at most this slow (all cores;
 # resnet18 ~21 ms on 2 cores, inception_v3 ~170 ms)
-AUDIO_SUFFIXES = {".ogg", ".wav", ".flac", ".mp3"}
 # Windows per onnxruntime call. onnxruntime keeps each model's largest activations in its arena,
 # so memory grows with the batch (efficientnet_b0: 1.4 GB at 48 windows, 0.4 GB at 16; the
 # three-model ensemble 0.81 GB at 16, 0.51 GB at 8 per process) while the speed did not change
@@ -475,12 +474,10 @@ def submission_rows(stem: str, probs: np.ndarray, classes: list[str], columns: l
 
 
 def list_soundscapes(test_dir: Path) -> list[Path]:
-    """The audio files of test_dir, sorted. Hidden ones are not soundscapes: macOS leaves a `._<name>.ogg`
-    of metadata beside each file it copies, which would get rows of its own."""
+    """The audio files of test_dir (not its subfolders), sorted: data.features.is_audio_file decides."""
     if not test_dir.is_dir():
         return []
-    return sorted(p for p in test_dir.iterdir()
-                  if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in test_dir.iterdir() if is_audio_file(p))
 
 
 @dataclass

@@ -33,7 +33,7 @@ from data.layout import competition_of
 from data.paths import Workspace, dist_dir, refuse_unwritable
 from submission.ensemble import prefix_scores, read_member_raws
 from submission.infer import PostProcess, expected_windows, list_soundscapes
-from train.metrics import kaggle_score
+from train.metrics import kaggle_score, unscorable_reason
 
 KERNEL_NAME = "birdkit-python"
 
@@ -72,19 +72,10 @@ def labelled_set(ws: Workspace) -> LabelledSet:
 
 
 def refuse_unscorable(solution: Path, remedy: str) -> None:
-    """Kaggle's metric scores the classes with a positive and needs a negative of each: labels with no
-    positive at all, or a class positive in every row, have no score (train.metrics raises)."""
-    labels = pd.read_csv(solution)
-    classes = [c for c in labels.columns if c != "row_id"]
-    positives = labels[classes].sum()
-    everywhere = [c for c in classes if len(labels) and positives[c] == len(labels)]
-    if not (positives > 0).any():
-        why = f"no class has a positive in its {len(labels)} row(s)"
-    elif everywhere:
-        why = f"class(es) {everywhere[:5]} are positive in all {len(labels)} rows, so ROC-AUC has no negative for them"
-    else:
-        return
-    raise UnscorableLabels(f"{solution} cannot be scored by Kaggle's metric: {why}. Score on {remedy}")
+    """UnscorableLabels where Kaggle's metric has no score for the labels (train.metrics.unscorable_reason)."""
+    why = unscorable_reason(pd.read_csv(solution))
+    if why is not None:
+        raise UnscorableLabels(f"{solution} cannot be scored by Kaggle's metric: {why}. Score on {remedy}")
 
 
 def leaks(labelled: LabelledSet, models: list[dict], ws: Workspace, missing_ok: bool = False) -> list[tuple[dict, list[str]]]:

@@ -47,6 +47,19 @@ def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(np.mean([binary_roc_auc(y_true[:, j], y_score[:, j]) for j in scored]))
 
 
+def unscorable_reason(solution: pd.DataFrame, row_id_column: str = "row_id") -> str | None:
+    """Why kaggle_score can give these labels no score, or None: it scores the classes with a
+    positive (none: no score) and each of them needs a negative (macro_roc_auc raises otherwise)."""
+    classes = [c for c in solution.columns if c != row_id_column]
+    n_rows, positives = len(solution), solution[classes].sum()
+    if not (positives > 0).any():
+        return f"no class has a positive in its {n_rows} row(s)"
+    everywhere = [c for c in classes if positives[c] == n_rows]
+    if everywhere:
+        return f"class(es) {everywhere[:5]} are positive in all {n_rows} rows, so ROC-AUC has no negative for them"
+    return None
+
+
 def kaggle_score(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column: str = "row_id") -> float:
     """Kaggle's score() for BirdCLEF 2024 on the two CSVs' frames, rows matched by row_id."""
     missing = set(solution[row_id_column]) - set(submission[row_id_column])
