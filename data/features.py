@@ -409,69 +409,78 @@ def _running_floor(block_means: np.ndarray, frames_per_block: float, cfg: Featur
     return y
 
 
-def _gated_mel_power(windows: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """denoise="spectral": [n, window_samples] -> [n, n_mels, n_frames] mel power of the STFT
-    after noisereduce's non-stationary soft mask (on the magnitude, so power * mask^2).
+class _Gate:
+    """The spectral gate of one clip, window by window: |X| -> the soft mask's pieces -> gated mel.
 
-    Pass 1, per window: |X| and its means over blocks of 8 frames. Between the passes: the
-    noise floor, a zero-phase running mean (2 s) of those blocks per bin, across the whole clip.
-    Pass 2, per window: mask = sigmoid(slope * (|X| / floor - 1 - thresh)), pooled to groups of
-    4 bins, smoothed with noisereduce's triangles (+-250 Hz, then +-3 frames across window
-    edges, hence one window of lag), applied to the power, mel.
+    Pass 1 (here): |X| of every window and its means over blocks of 8 frames; between the passes,
+    the noise floor (a zero-phase running mean, 2 s) of those blocks per bin across the whole clip,
+    kept as the sigmoid's per-block coefficients k = -slope / floor.
+    Pass 2 (mask, apply): mask = sigmoid(slope * (|X| / floor - 1 - thresh)), pooled to groups of
+    4 bins, smoothed with noisereduce's triangles (+-250 Hz, then +-3 frames across window edges).
     """
-    windows = np.asarray(windows, np.float32)
-    n = len(windows)
-    plan = _plan(cfg, windows.shape[-1])
-    nf, nb = plan.n_frames, plan.n_bins
-    if n == 0:
-        return np.empty((0, cfg.n_mels, nf), np.float32)
-    half_f, half_t, group = _triangle_counts(cfg)
-    n_groups = nb // group
-    grouped = n_groups * group  # bins past it (the Nyquist bin) take the last group's mask
 
-    # pass 1: magnitudes, kept for pass 2 unless the clip is long (then computed again)
-    block = _GATE_FLOOR_BLOCK_FRAMES
-    n_full, rest = divmod(nf, block)
-    n_blocks = n_full + (rest > 0)
-    keep = n <= _GATE_KEEP_WINDOWS
-    mags = np.empty((n if keep else 2, nf, nb), np.float32)
-    means = np.empty((n, n_blocks, nb), np.float32)
-    for i, w in enumerate(windows):
-        mag = plan.magnitude(w, mags[i if keep else 0])
-        np.sum(mag[: n_full * block].reshape(n_full, block, nb), axis=1, out=means[i, :n_full])
-        means[i, :n_full] *= np.float32(1.0 / block)
-        if rest:
-            np.mean(mag[n_full * block :], axis=0, out=means[i, n_full])
+    def __init__(self, windows: np.ndarray, cfg: FeatureConfig):
+        self.windows = windows  # [n, window_samples] float32, n >= 1
+        self.plan = plan = _plan(cfg, windows.shape[-1])
+        n, nf, nb = len(windows), plan.n_frames, plan.n_bins
+        self.half_f, self.half_t, self.group = _triangle_counts(cfg)
+        self.n_groups = nb // self.group
+        self.grouped = self.n_groups * self.group  # bins past it (the Nyquist bin) take the last group's mask
+        self.n_full, self.rest = divmod(nf, _GATE_FLOOR_BLOCK_FRAMES)
+        self.n_blocks = self.n_full + (self.rest > 0)
+        self.keep = n <= _GATE_KEEP_WINDOWS  # long clips compute |X| again in pass 2
+        self.mags = np.empty((n if self.keep else 2, nf, nb), np.float32)
+        self.z = np.empty((nf, nb), np.float32)  # the sigmoid's scratch
+        self.k = self._coefficients(self._block_means(), cfg)  # [n, n_blocks, n_bins]
 
-    # mask = 1 / (1 + exp(slope * (1 + thresh) - slope * |X| / floor)) = K / (K + exp(k |X|))
-    floor = _running_floor(means.reshape(n * n_blocks, nb), nf / n_blocks, cfg)
-    k = np.divide(np.float32(-_GATE_SIGMOID_SLOPE), np.maximum(floor, np.float32(1e-12)), out=floor)
-    k = k.reshape(n, n_blocks, nb)
-    big_k = np.float32(np.exp(-_GATE_SIGMOID_SLOPE * (1.0 + _GATE_THRESH_N_MULT)))
-    z = np.empty((nf, nb), np.float32)
+    def _block_means(self) -> np.ndarray:
+        """Pass 1: [n, n_blocks, n_bins] means of |X| over blocks of frames (the last one shorter)."""
+        block, n_full, nb = _GATE_FLOOR_BLOCK_FRAMES, self.n_full, self.plan.n_bins
+        means = np.empty((len(self.windows), self.n_blocks, nb), np.float32)
+        for i, w in enumerate(self.windows):
+            mag = self.plan.magnitude(w, self.mags[i if self.keep else 0])
+            np.sum(mag[: n_full * block].reshape(n_full, block, nb), axis=1, out=means[i, :n_full])
+            means[i, :n_full] *= np.float32(1.0 / block)
+            if self.rest:
+                np.mean(mag[n_full * block :], axis=0, out=means[i, n_full])
+        return means
 
-    def magnitude(i: int) -> np.ndarray:
-        return mags[i] if keep else plan.magnitude(windows[i], mags[i % 2])
+    def _coefficients(self, means: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+        """The running floor per block and bin, as k = -slope / floor (in place of the means).
 
-    def group_mask(mag: np.ndarray, i: int) -> np.ndarray:
-        full = n_full * block
-        np.multiply(mag[:full].reshape(n_full, block, nb), k[i, :n_full, None, :],
-                    out=z[:full].reshape(n_full, block, nb))
-        if rest:
-            np.multiply(mag[full:], k[i, n_full], out=z[full:])
+        mask = 1 / (1 + exp(slope * (1 + thresh) - slope * |X| / floor)) = K / (K + exp(k |X|))
+        """
+        n, n_blocks, nb = means.shape
+        floor = _running_floor(means.reshape(n * n_blocks, nb), self.plan.n_frames / n_blocks, cfg)
+        k = np.divide(np.float32(-_GATE_SIGMOID_SLOPE), np.maximum(floor, np.float32(1e-12)), out=floor)
+        self.big_k = np.float32(np.exp(-_GATE_SIGMOID_SLOPE * (1.0 + _GATE_THRESH_N_MULT)))
+        return k.reshape(n, n_blocks, nb)
+
+    def magnitude(self, i: int) -> np.ndarray:
+        """|X| of window i [n_frames, n_bins]: kept from pass 1, or computed again into one of two buffers."""
+        return self.mags[i] if self.keep else self.plan.magnitude(self.windows[i], self.mags[i % 2])
+
+    def mask(self, mag: np.ndarray, i: int) -> np.ndarray:
+        """Window i's mask [n_frames, n_groups], pooled to groups of bins and smoothed along frequency."""
+        z, k, nb, group = self.z, self.k[i], self.plan.n_bins, self.group
+        full = self.n_full * _GATE_FLOOR_BLOCK_FRAMES
+        np.multiply(mag[:full].reshape(self.n_full, _GATE_FLOOR_BLOCK_FRAMES, nb), k[: self.n_full, None, :],
+                    out=z[:full].reshape(self.n_full, _GATE_FLOOR_BLOCK_FRAMES, nb))
+        if self.rest:
+            np.multiply(mag[full:], k[self.n_full], out=z[full:])
         np.exp(z, out=z)
-        np.add(z, big_k, out=z)
-        np.divide(big_k, z, out=z)
-        pooled = z[:, 0:grouped:group].copy()
+        np.add(z, self.big_k, out=z)
+        np.divide(self.big_k, z, out=z)
+        pooled = z[:, 0 : self.grouped : group].copy()
         for r in range(1, group):
-            pooled += z[:, r:grouped:group]
+            pooled += z[:, r : self.grouped : group]
         pooled *= np.float32(1.0 / group)
-        return _triangle_smooth(pooled, half_f, axis=1)
+        return _triangle_smooth(pooled, self.half_f, axis=1)
 
-    out = np.empty((n, cfg.n_mels, nf), np.float32)
-    zero_halo = np.zeros((nf, n_groups), np.float32)  # beyond the clip: mask 0 (zero padding)
-
-    def finish(i: int, mag: np.ndarray, before: np.ndarray, mask: np.ndarray, after: np.ndarray) -> None:
+    def apply(self, mag: np.ndarray, before: np.ndarray, mask: np.ndarray, after: np.ndarray,
+              out: np.ndarray) -> None:
+        """Smooth mask along time with its neighbours' edge frames, gate the power (mag, in place), mel -> out."""
+        nf, half_t, group, grouped = self.plan.n_frames, self.half_t, self.group, self.grouped
         m = _triangle_smooth(np.concatenate([before[nf - half_t :], mask, after[:half_t]]), half_t, 0, halo=True)
         if _GATE_PROP_DECREASE != 1.0:
             m = m * np.float32(_GATE_PROP_DECREASE) + np.float32(1.0 - _GATE_PROP_DECREASE)
@@ -480,18 +489,30 @@ def _gated_mel_power(windows: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
         for r in range(group):
             power[:, r:grouped:group] *= m
         power[:, grouped:] *= m[:, -1:]
-        plan.mel(power, out[i])
+        self.plan.mel(power, out)
 
-    # one window of lag: window i is finished once the mask of window i + 1 exists
+
+def _gated_mel_power(windows: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """denoise="spectral": [n, window_samples] -> [n, n_mels, n_frames] mel power of the STFT
+    after noisereduce's non-stationary soft mask (on the magnitude, so power * mask^2); see _Gate.
+    A window's mask is smoothed across its edges, so window i is finished once window i + 1's
+    mask exists (one window of lag)."""
+    windows = np.asarray(windows, np.float32)
+    nf = _plan(cfg, windows.shape[-1]).n_frames
+    out = np.empty((len(windows), cfg.n_mels, nf), np.float32)
+    if len(windows) == 0:
+        return out
+    gate = _Gate(windows, cfg)
+    zero_halo = np.zeros((nf, gate.n_groups), np.float32)  # beyond the clip: mask 0 (zero padding)
     prev_mask = prev_prev_mask = zero_halo
     prev_mag = None
-    for i in range(n):
-        mag = magnitude(i)
-        mask = group_mask(mag, i)
+    for i in range(len(windows)):
+        mag = gate.magnitude(i)
+        mask = gate.mask(mag, i)
         if i > 0:
-            finish(i - 1, prev_mag, prev_prev_mask, prev_mask, mask)
+            gate.apply(prev_mag, prev_prev_mask, prev_mask, mask, out[i - 1])
         prev_prev_mask, prev_mask, prev_mag = prev_mask, mask, mag
-    finish(n - 1, prev_mag, prev_prev_mask, prev_mask, zero_halo)
+    gate.apply(prev_mag, prev_prev_mask, prev_mask, zero_halo, out[-1])
     return out
 
 
