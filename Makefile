@@ -129,7 +129,7 @@ bench-infer: venv  ## the notebook's inference on synthetic soundscapes: time, m
 bench-train: venv $(NEEDS_DATA)  ## training samples/s from the cache vs the compute-only ceiling, per model
 	$(PY) -m bench.train --data $(DATA) --models $(MODELS) $(BENCH_ARGS)
 
-floor: venv $(NEEDS_DATA)  ## the non-deep floor: log-mel band stats + logistic regression, grouped 5-fold CV
+floor: venv $(NEEDS_DATA)  ## the non-deep floor: log-mel band stats + logistic regression, grouped FOLDS-fold CV
 	$(PY) -m bench.floor --data $(DATA) --folds $(FOLDS) --seed $(SEED) $(BENCH_ARGS)
 
 demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
