@@ -1,6 +1,6 @@
 """Checkpoint files written atomically, in a background thread.
 
-On a GPU an epoch of a small dataset (realbirds: ~380 training windows) takes a tenth of a second,
+On a GPU an epoch of a small dataset (realbirds: ~330 training windows on its split) takes a tenth of a second,
 less than writing its checkpoint (last.pt: 50-300 MB) and plotting its curves. So the loop hands
 each epoch's files to a BackgroundWriter and goes on training; torch.save releases the GIL while it
 writes, so the training thread is not held up. What is handed over is a copy in host memory, taken
