@@ -29,12 +29,17 @@ import multiprocessing as mp
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from data.layout import UNLABELED_SOUNDSCAPE_DIRS, unlabeled_soundscapes
 from data.paths import REPO, output_root
+
+if TYPE_CHECKING:  # annotations only: the audio stack is imported where it is used, as before
+    from data.features import FeatureConfig
 
 MODES = ("none", "spectral", "noisereduce")
 DEFAULT_DATA = REPO.parent / "shared" / "realbirds"
@@ -123,36 +128,42 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _time_one(path: str, mode: str, cfg: FeatureConfig, plain: FeatureConfig) -> tuple[float, float, float, float]:
+    """(audio seconds, decode, denoise, mel) for one file: cfg denoises as `mode` says, plain does not."""
+    from data.features import audio_to_features, denoise, load_audio
+
+    sr = cfg.sample_rate_hz
+    t0 = time.perf_counter()
+    y = load_audio(path, sr)
+    t1 = time.perf_counter()
+    if mode == "noisereduce":
+        clean = denoise(y, cfg)
+        t2 = time.perf_counter()
+        audio_to_features(clean, plain)
+        t3 = time.perf_counter()
+        return len(y) / sr, t1 - t0, t2 - t1, t3 - t2
+    if mode == "spectral":  # the gate is fused into the mel pass: denoise = the extra time
+        audio_to_features(y, cfg)
+        t2 = time.perf_counter()
+        audio_to_features(y, plain)
+        t3 = time.perf_counter()
+        return len(y) / sr, t1 - t0, (t2 - t1) - (t3 - t2), t3 - t2
+    audio_to_features(y, plain)
+    t2 = time.perf_counter()
+    return len(y) / sr, t1 - t0, 0.0, t2 - t1
+
+
 def measure_mode(mode: str, files: list[str], soundscape: str, repeats: int) -> dict:
     """Runs in a fresh process: time decode/denoise/mel of every file, `repeats` times."""
     from threadpoolctl import threadpool_limits
 
-    from data.features import FeatureConfig, audio_to_features, denoise, load_audio
+    from data.features import FeatureConfig
 
     threadpool_limits(1)
     cfg, plain = FeatureConfig(denoise=mode), FeatureConfig()
-    sr = cfg.sample_rate_hz
 
     def one(path: str) -> tuple[float, float, float, float]:
-        """(audio seconds, decode, denoise, mel) for one file."""
-        t0 = time.perf_counter()
-        y = load_audio(path, sr)
-        t1 = time.perf_counter()
-        if mode == "noisereduce":
-            clean = denoise(y, cfg)
-            t2 = time.perf_counter()
-            audio_to_features(clean, plain)
-            t3 = time.perf_counter()
-            return len(y) / sr, t1 - t0, t2 - t1, t3 - t2
-        if mode == "spectral":  # the gate is fused into the mel pass: denoise = the extra time
-            audio_to_features(y, cfg)
-            t2 = time.perf_counter()
-            audio_to_features(y, plain)
-            t3 = time.perf_counter()
-            return len(y) / sr, t1 - t0, (t2 - t1) - (t3 - t2), t3 - t2
-        audio_to_features(y, plain)
-        t2 = time.perf_counter()
-        return len(y) / sr, t1 - t0, 0.0, t2 - t1
+        return _time_one(path, mode, cfg, plain)
 
     one(soundscape)  # warm-up: imports, FFT plans, buffers
     baseline = _rss_status()["VmRSS"]
@@ -212,10 +223,14 @@ def summarise(raw: dict, train_hours: float) -> dict:
     }
 
 
-def render(report: dict) -> str:
+def _none_total(rows: list[dict], key) -> float | None:
+    """key(row) of the "none" mode, the baseline the "vs none" columns divide by (None: not timed)."""
+    return next((key(r) for r in rows if r["mode"] == "none"), None)
+
+
+def _input_set_table(report: dict) -> list[str]:
     rows = report["modes"]
-    none_total = next((r["seconds"]["total"] for r in rows if r["mode"] == "none"), None)
-    none_scape = next((r["soundscape"]["seconds"]["total"] for r in rows if r["mode"] == "none"), None)
+    none_total = _none_total(rows, lambda r: r["seconds"]["total"])
     inp = report["input"]
     lines = [
         f"bench-preprocess: {inp['n_files']} file(s), {inp['audio_s']:.1f} s of audio ({inp['source']}); "
@@ -232,8 +247,14 @@ def render(report: dict) -> str:
             f"{r['mode']:<12} {r['x_real_time_per_core']:>10.0f}x {s['decode']:>9.3f} {s['denoise']:>9.3f} "
             f"{s['mel']:>7.3f} {s['total']:>8.3f} {ratio:>8} {r['rss_peak_mib']:>5.0f} MiB {working:>8} "
             f"{r['train_set_projection_h'] * 60:>15.1f} min")
+    return lines
+
+
+def _soundscape_table(report: dict) -> list[str]:
+    rows = report["modes"]
+    none_scape = _none_total(rows, lambda r: r["soundscape"]["seconds"]["total"])
     sc = rows[0]["soundscape"]["audio_s"]
-    lines += [
+    lines = [
         "",
         f"one {sc:g}-s soundscape ({report['soundscape_windows']} windows), seconds per soundscape; "
         f"target: <= {TARGET_S_PER_SOUNDSCAPE} s per {SOUNDSCAPE_S:g} s",
@@ -245,7 +266,11 @@ def render(report: dict) -> str:
         ratio = f"{s['total'] / none_scape:.2f}x" if none_scape else "-"
         lines.append(f"{r['mode']:<12} {s['decode']:>8.3f} {s['denoise']:>8.3f} {s['mel']:>8.3f} {s['total']:>8.3f} "
                      f"{ratio:>8} {sc / s['total']:>10.0f}x {'met' if r['soundscape']['meets_target'] else 'missed':>7}")
-    lines += [
+    return lines
+
+
+def render(report: dict) -> str:
+    lines = _input_set_table(report) + _soundscape_table(report) + [
         "",
         f"* estimate: {TRAIN_SET_RECORDINGS:,} recordings, ~{report['train_hours']:.0f} h of audio (assumed, "
         f"--train-hours), {PROJECTION_CORES} processes scaling perfectly at this machine's per-core speed.",
@@ -255,7 +280,15 @@ def render(report: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ CLI
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class BenchInput:
+    """What every mode times: the input set, the one-soundscape file, and a line naming their source."""
+    files: list[Path]
+    soundscape: Path
+    source: str
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.preprocess", description=__doc__.split("\n")[0],
                                 epilog="Writes bench/out/preprocess.json. See the module docstring for definitions.")
     p.add_argument("--data", type=Path, default=None,
@@ -270,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-hours", type=float, default=TRAIN_SET_HOURS_ESTIMATE,
                    help=f"train-set duration for the projection (default {TRAIN_SET_HOURS_ESTIMATE:.0f}, an estimate)")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: bench/out/preprocess.json)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], Path | None]:
+    """The modes to time and the data folder (None: synthetic); p.error (exit 2) on a bad option."""
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = sorted(set(modes) - set(MODES))
     if bad or not modes:
@@ -280,36 +317,57 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data if args.data is not None else (DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data {args.data}: no such folder")
+    return modes, data
 
-    with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
-        tmp = Path(tmp)
-        files = [] if args.synthetic or data is None else pick_files(data, args.files)
-        if files:
-            scapes = unlabeled_soundscapes(data) or files
-            soundscape = build_soundscape(scapes, args.soundscape_seconds, tmp / "soundscape.ogg")
-            n_scapes = sum(1 for f in files if f.parent.name in UNLABELED_SOUNDSCAPE_DIRS)
-            source = (f"{data}: {n_scapes} unlabeled soundscape(s) + {len(files) - n_scapes} train_audio "
-                      f"recording(s); soundscape row: its unlabeled soundscapes end to end")
-        else:
-            from data.audio_io import write_ogg
 
-            soundscape = tmp / "synthetic.ogg"
-            write_ogg(soundscape, synthetic_soundscape(args.soundscape_seconds), 32_000)
-            files = [soundscape]
-            source = f"synthetic {args.soundscape_seconds:g}-s soundscape (noise + chirps, OGG)"
-        raws = []
-        for mode in modes:
-            print(f"bench-preprocess: measuring denoise={mode} ...", flush=True)
-            raws.append(_in_child(mode, [str(f) for f in files], str(soundscape), args.repeats))
+def _real_input(data: Path, files: list[Path], seconds: float, tmp: Path) -> BenchInput:
+    """files from data; the soundscape row is its unlabeled soundscapes end to end (else the files)."""
+    scapes = unlabeled_soundscapes(data) or files
+    soundscape = build_soundscape(scapes, seconds, tmp / "soundscape.ogg")
+    n_scapes = sum(1 for f in files if f.parent.name in UNLABELED_SOUNDSCAPE_DIRS)
+    source = (f"{data}: {n_scapes} unlabeled soundscape(s) + {len(files) - n_scapes} train_audio "
+              f"recording(s); soundscape row: its unlabeled soundscapes end to end")
+    return BenchInput(files, soundscape, source)
 
-    modes_out = [summarise(r, args.train_hours) for r in raws]
+
+def _synthetic_input(seconds: float, tmp: Path) -> BenchInput:
+    """One synthetic soundscape, both the input set and the soundscape row."""
+    from data.audio_io import write_ogg
+
+    soundscape = tmp / "synthetic.ogg"
+    write_ogg(soundscape, synthetic_soundscape(seconds), 32_000)
+    return BenchInput([soundscape], soundscape, f"synthetic {seconds:g}-s soundscape (noise + chirps, OGG)")
+
+
+def _bench_input(args: argparse.Namespace, data: Path | None, tmp: Path) -> BenchInput:
+    files = [] if args.synthetic or data is None else pick_files(data, args.files)
+    if files:
+        return _real_input(data, files, args.soundscape_seconds, tmp)
+    return _synthetic_input(args.soundscape_seconds, tmp)
+
+
+def _measure_all(modes: list[str], inp: BenchInput, repeats: int) -> list[dict]:
+    raws = []
+    for mode in modes:
+        print(f"bench-preprocess: measuring denoise={mode} ...", flush=True)
+        raws.append(_in_child(mode, [str(f) for f in inp.files], str(inp.soundscape), repeats))
+    return raws
+
+
+def _compare_to_none(modes_out: list[dict]) -> None:
+    """Adds each mode's time relative to "none" and whether its soundscape meets the target."""
     none = next((m for m in modes_out if m["mode"] == "none"), None)
     for m in modes_out:
         m["time_vs_none"] = m["seconds"]["total"] / none["seconds"]["total"] if none else None
         m["soundscape"]["meets_target"] = (
             m["soundscape"]["seconds"]["total"] * SOUNDSCAPE_S / m["soundscape"]["audio_s"] <= TARGET_S_PER_SOUNDSCAPE)
-    report = {
-        "input": {"source": source, "n_files": len(files), "audio_s": modes_out[0]["audio_s"]},
+
+
+def build_report(raws: list[dict], args: argparse.Namespace, inp: BenchInput) -> dict:
+    modes_out = [summarise(r, args.train_hours) for r in raws]
+    _compare_to_none(modes_out)
+    return {
+        "input": {"source": inp.source, "n_files": len(inp.files), "audio_s": modes_out[0]["audio_s"]},
         "repeats": args.repeats,
         "train_hours": args.train_hours,
         "assumptions": {"train_set_recordings": TRAIN_SET_RECORDINGS, "train_set_hours": args.train_hours,
@@ -318,6 +376,16 @@ def main(argv: list[str] | None = None) -> int:
         "soundscape_windows": _windows(modes_out[0]["soundscape"]["audio_s"]),
         "modes": modes_out,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    modes, data = _checked(p, args)
+    with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
+        inp = _bench_input(args, data, Path(tmp))
+        raws = _measure_all(modes, inp, args.repeats)
+    report = build_report(raws, args, inp)
     print()
     print(render(report))
     out = args.out or output_root() / "bench" / "out" / "preprocess.json"
