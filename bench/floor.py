@@ -21,6 +21,7 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -162,18 +163,22 @@ def fold_auc(label_idx: np.ndarray, probs: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------ the run
-def run_floor(data_dir: Path, cfg: FloorConfig, cache_dir: Path | None = None, progress: bool = True) -> dict:
-    """The floor on data_dir; returns the result dict that main() writes as JSON."""
-    say = print if progress else (lambda *a, **k: None)
-    t_start = time.perf_counter()
-    data_dir = Path(data_dir)
+def _metadata_and_cache(data_dir: Path, cache_dir: Path | None,
+                        progress: bool) -> tuple[pd.DataFrame, list[str], Path]:
+    """The metadata, its classes and the feature cache's folder (built when not given)."""
     meta = read_metadata(data_dir)
     require_two_classes(data_dir, meta)  # before preprocessing: one class has no floor to beat
     classes = class_list(meta)
     if cache_dir is None:
         cache_dir = ensure_cache(PreprocessConfig(data_dir=data_dir, features=FeatureConfig(), workers=0,
                                                   progress=progress))
-    cache = FeatureCache.open(cache_dir)
+    return meta, classes, cache_dir
+
+
+def _windows_and_folds(cache: FeatureCache, meta: pd.DataFrame, classes: list[str], data_dir: Path,
+                       cfg: FloorConfig, say: Callable[..., None]) -> tuple[WindowTable, np.ndarray, int]:
+    """The window table, every window's fold and the number of usable recordings; FloorError when there
+    are fewer of them than folds."""
     t_feat = time.perf_counter()
     table = window_table(cache, meta, classes, cfg.windows_per_recording)
     n_recordings = len(meta) - len(table.missing)
@@ -187,29 +192,44 @@ def run_floor(data_dir: Path, cfg: FloorConfig, cache_dir: Path | None = None, p
     say(f"floor: {n_recordings} recordings, {len(table.X)} windows (first {cfg.windows_per_recording} of each), "
         f"{len(classes)} classes, {table.X.shape[1]} features per window "
         f"({time.perf_counter() - t_feat:.1f} s to read and summarise)")
+    return table, fold, n_recordings
 
-    oof = np.zeros((len(table.X), len(classes)), dtype=np.float64)
+
+def _run_fold(table: WindowTable, test: np.ndarray, k: int, cfg: FloorConfig) -> tuple[dict, np.ndarray]:
+    """Fit on the windows outside `test`, score the ones inside: the fold's row and its probabilities."""
+    t0 = time.perf_counter()
+    probs, fit = fit_predict(table.X[~test], table.label_idx[~test], table.X[test], len(table.classes), cfg)
+    y = table.label_idx[test]
+    row = {"fold": k, "train_windows": int((~test).sum()), "test_windows": int(test.sum()),
+           "test_recordings": int(len(set(table.recording[test]))),
+           "test_classes": int(len(np.unique(y))),
+           "unseen_test_windows": int(np.sum(probs[np.arange(len(y)), y] == 0)),
+           "accuracy": accuracy(y, probs), "roc_auc": fold_auc(y, probs),
+           "seconds": time.perf_counter() - t0, **fit}
+    return row, probs
+
+
+def _cross_validate(table: WindowTable, fold: np.ndarray, cfg: FloorConfig,
+                    say: Callable[..., None]) -> tuple[list[dict], np.ndarray]:
+    """Every fold's row, and the out-of-fold probabilities of every window."""
+    oof = np.zeros((len(table.X), len(table.classes)), dtype=np.float64)
     rows = []
     for k in range(cfg.folds):
         test = fold == k
         if not test.any():
             raise FloorError(f"fold {k} has no window to test on (its recordings are missing from the cache)")
-        t0 = time.perf_counter()
-        probs, fit = fit_predict(table.X[~test], table.label_idx[~test], table.X[test], len(classes), cfg)
+        row, probs = _run_fold(table, test, k, cfg)
         oof[test] = probs
-        y = table.label_idx[test]
-        row = {"fold": k, "train_windows": int((~test).sum()), "test_windows": int(test.sum()),
-               "test_recordings": int(len(set(table.recording[test]))),
-               "test_classes": int(len(np.unique(y))),
-               "unseen_test_windows": int(np.sum(probs[np.arange(len(y)), y] == 0)),
-               "accuracy": accuracy(y, probs), "roc_auc": fold_auc(y, probs),
-               "seconds": time.perf_counter() - t0, **fit}
         rows.append(row)
-        note = "" if fit["converged"] else f"  NOT converged in {cfg.max_iter} iterations (raise --max-iter)"
+        note = "" if row["converged"] else f"  NOT converged in {cfg.max_iter} iterations (raise --max-iter)"
         say(f"floor: fold {k + 1}/{cfg.folds}: {row['test_recordings']} recordings / {row['test_windows']} windows "
-            f"held out, acc {row['accuracy']:.3f}, auc {row['roc_auc']:.3f}, {fit['iterations']} iterations, "
+            f"held out, acc {row['accuracy']:.3f}, auc {row['roc_auc']:.3f}, {row['iterations']} iterations, "
             f"{row['seconds']:.1f} s{note}")
+    return rows, oof
 
+
+def _result(data_dir: Path, cache_dir: Path, cfg: FloorConfig, table: WindowTable, n_recordings: int,
+            rows: list[dict], oof: np.ndarray, t_start: float) -> dict:
     acc = np.array([r["accuracy"] for r in rows])
     auc = np.array([r["roc_auc"] for r in rows])
     return {
@@ -219,7 +239,7 @@ def run_floor(data_dir: Path, cfg: FloorConfig, cache_dir: Path | None = None, p
         "config": asdict(cfg),
         "recordings": n_recordings,
         "windows": int(len(table.X)),
-        "classes": len(classes),
+        "classes": len(table.classes),
         "features_per_window": int(table.X.shape[1]),
         "folds": rows,
         "accuracy": {"mean": float(acc.mean()), "std": _std(acc)},
@@ -232,6 +252,17 @@ def run_floor(data_dir: Path, cfg: FloorConfig, cache_dir: Path | None = None, p
         "reference": REFERENCE.get(Workspace.of(data_dir).name),
         "seconds": time.perf_counter() - t_start,
     }
+
+
+def run_floor(data_dir: Path, cfg: FloorConfig, cache_dir: Path | None = None, progress: bool = True) -> dict:
+    """The floor on data_dir; returns the result dict that main() writes as JSON."""
+    say = print if progress else (lambda *a, **k: None)
+    t_start = time.perf_counter()
+    data_dir = Path(data_dir)
+    meta, classes, cache_dir = _metadata_and_cache(data_dir, cache_dir, progress)
+    table, fold, n_recordings = _windows_and_folds(FeatureCache.open(cache_dir), meta, classes, data_dir, cfg, say)
+    rows, oof = _cross_validate(table, fold, cfg, say)
+    return _result(data_dir, cache_dir, cfg, table, n_recordings, rows, oof, t_start)
 
 
 def _std(x: np.ndarray) -> float:
