@@ -519,6 +519,92 @@ def _check_params(n_species, recordings_per_species, n_test_soundscapes, n_unlab
         raise ValueError(f"unlabeled_s must be positive, got {unlabeled_s}")
 
 
+@dataclass(frozen=True)
+class SynthParams:
+    """generate()'s parameters; as_json() is what synth.json records and _is_up_to_date compares."""
+
+    seed: int
+    n_species: int
+    recordings_per_species: int
+    n_test_soundscapes: int
+    n_unlabeled: int
+    soundscape_s: float
+    unlabeled_s: float
+
+    def as_json(self) -> dict:
+        return {
+            "version": SYNTH_VERSION, "seed": self.seed, "n_species": self.n_species,
+            "recordings_per_species": self.recordings_per_species, "n_test_soundscapes": self.n_test_soundscapes,
+            "n_unlabeled": self.n_unlabeled, "soundscape_s": float(self.soundscape_s),
+            "unlabeled_s": float(self.unlabeled_s),
+        }
+
+
+def _fresh_tmp(out_dir: Path) -> Path:
+    """An empty staging folder beside out_dir, renamed into place whole once complete."""
+    tmp = out_dir.parent / f".{out_dir.name}.synth-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("train_audio", "unlabeled_soundscapes", "test_soundscapes"):
+        (tmp / sub).mkdir(parents=True)
+    return tmp
+
+
+def _synthesise(tmp: Path, species: list[Species], p: SynthParams, progress: bool) -> list:
+    """Every audio file written under tmp; one ("recording" | "test" | "unlabeled", payload) per file."""
+    xc_ids, scape_ids = _draw_ids(np.random.default_rng([p.seed, _IDS]), len(species) * p.recordings_per_species,
+                                  p.n_test_soundscapes + p.n_unlabeled)
+    test_stems = [f"soundscape_{i:06d}" for i in scape_ids[:p.n_test_soundscapes]]
+    unlabeled_stems = [f"soundscape_{i:06d}" for i in scape_ids[p.n_test_soundscapes:]]
+    # The long soundscapes first, so that the cores finish together.
+    jobs = _soundscape_jobs(tmp / "test_soundscapes", test_stems, species, p.soundscape_s, p.seed, _TEST)
+    jobs += _soundscape_jobs(tmp / "unlabeled_soundscapes", unlabeled_stems, species, p.unlabeled_s, p.seed,
+                             _UNLABELED)
+    jobs += _recording_jobs(tmp, species, p.recordings_per_species, xc_ids, p.seed)
+    return _run_jobs(jobs, progress)
+
+
+def _test_labels(results: list, classes: list[str], soundscape_s: float) -> dict:
+    """{stem: [windows, classes] labels} of every test soundscape, from its call events."""
+    n_windows = int(round(soundscape_s / WINDOW_S))
+    test_labels = {}
+    for kind, payload in results:
+        if kind == "test":
+            stem, events = payload
+            test_labels[stem] = window_labels(events, n_windows, classes, WINDOW_S)
+    return test_labels
+
+
+def _write_tables(tmp: Path, out_dir: Path, species: list[Species], recordings: list[Recording], results: list,
+                  p: SynthParams) -> Path:
+    """The CSVs and synth.json into tmp, the solution beside out_dir; returns the solution's temporary path."""
+    classes = [sp.code for sp in species]
+    _metadata_frame(recordings).to_csv(tmp / "train_metadata.csv", index=False)
+    _taxonomy_frame(species).to_csv(tmp / "eBird_Taxonomy_v2021.csv", index=False)
+    _sample_submission(classes).to_csv(tmp / "sample_submission.csv", index=False)
+    solution_tmp = out_dir.parent / f".{out_dir.name}_solution.tmp.csv"  # *.csv: ignored by git like the rest
+    solution_frame(_test_labels(results, classes, p.soundscape_s), classes, WINDOW_S).to_csv(solution_tmp, index=False)
+    info = {"generator": "data.synth", "params": p.as_json(), "classes": classes, "n_audio_files": len(results),
+            "solution": solution_path(out_dir).name, "solution_sha256": _sha256(solution_tmp)}
+    (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
+    return solution_tmp
+
+
+def _build(out_dir: Path, p: SynthParams, progress: bool) -> None:
+    """Synthesise the dataset in a staging folder, then move it and its solution into place."""
+    started = time.perf_counter()
+    tmp = _fresh_tmp(out_dir)
+    species = species_list(p.n_species)
+    results = _synthesise(tmp, species, p, progress)
+    recordings = [payload for kind, payload in results if kind == "recording"]
+    solution_tmp = _write_tables(tmp, out_dir, species, recordings, results, p)
+    _replace_dir(tmp, out_dir)
+    os.replace(solution_tmp, solution_path(out_dir))
+    total_s = sum(r.duration_s for r in recordings)
+    print(f"wrote {out_dir}: {len(species)} species, {len(recordings)} recordings ({total_s / 60:.1f} min), "
+          f"{p.n_test_soundscapes} test + {p.n_unlabeled} unlabeled soundscapes, labels in "
+          f"{solution_path(out_dir)} ({time.perf_counter() - started:.1f} s)")
+
+
 def generate(
     out_dir: Path,
     *,
@@ -535,56 +621,13 @@ def generate(
     holds the dataset of these parameters. Returns out_dir."""
     out_dir = Path(out_dir)
     _check_params(n_species, recordings_per_species, n_test_soundscapes, n_unlabeled, soundscape_s, unlabeled_s)
-    params = {
-        "version": SYNTH_VERSION, "seed": seed, "n_species": n_species,
-        "recordings_per_species": recordings_per_species, "n_test_soundscapes": n_test_soundscapes,
-        "n_unlabeled": n_unlabeled, "soundscape_s": float(soundscape_s), "unlabeled_s": float(unlabeled_s),
-    }
-    if _is_up_to_date(out_dir, params):
+    p = SynthParams(seed, n_species, recordings_per_species, n_test_soundscapes, n_unlabeled, soundscape_s,
+                    unlabeled_s)
+    if _is_up_to_date(out_dir, p.as_json()):
         print(f"{out_dir} is up to date (synthetic, seed {seed})")
         return out_dir
     _refuse_foreign_folder(out_dir)
-
-    started = time.perf_counter()
-    tmp = out_dir.parent / f".{out_dir.name}.synth-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("train_audio", "unlabeled_soundscapes", "test_soundscapes"):
-        (tmp / sub).mkdir(parents=True)
-
-    species = species_list(n_species)
-    classes = [sp.code for sp in species]
-    xc_ids, scape_ids = _draw_ids(np.random.default_rng([seed, _IDS]), len(species) * recordings_per_species,
-                                  n_test_soundscapes + n_unlabeled)
-    test_stems = [f"soundscape_{i:06d}" for i in scape_ids[:n_test_soundscapes]]
-    unlabeled_stems = [f"soundscape_{i:06d}" for i in scape_ids[n_test_soundscapes:]]
-    # The long soundscapes first, so that the cores finish together.
-    jobs = _soundscape_jobs(tmp / "test_soundscapes", test_stems, species, soundscape_s, seed, _TEST)
-    jobs += _soundscape_jobs(tmp / "unlabeled_soundscapes", unlabeled_stems, species, unlabeled_s, seed, _UNLABELED)
-    jobs += _recording_jobs(tmp, species, recordings_per_species, xc_ids, seed)
-    results = _run_jobs(jobs, progress)
-
-    recordings = [payload for kind, payload in results if kind == "recording"]
-    n_windows = int(round(soundscape_s / WINDOW_S))
-    test_labels = {}
-    for kind, payload in results:
-        if kind == "test":
-            stem, events = payload
-            test_labels[stem] = window_labels(events, n_windows, classes, WINDOW_S)
-    _metadata_frame(recordings).to_csv(tmp / "train_metadata.csv", index=False)
-    _taxonomy_frame(species).to_csv(tmp / "eBird_Taxonomy_v2021.csv", index=False)
-    _sample_submission(classes).to_csv(tmp / "sample_submission.csv", index=False)
-    solution_tmp = out_dir.parent / f".{out_dir.name}_solution.tmp.csv"  # *.csv: ignored by git like the rest
-    solution_frame(test_labels, classes, WINDOW_S).to_csv(solution_tmp, index=False)
-    info = {"generator": "data.synth", "params": params, "classes": classes, "n_audio_files": len(results),
-            "solution": solution_path(out_dir).name, "solution_sha256": _sha256(solution_tmp)}
-    (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
-
-    _replace_dir(tmp, out_dir)
-    os.replace(solution_tmp, solution_path(out_dir))
-    total_s = sum(r.duration_s for r in recordings)
-    print(f"wrote {out_dir}: {len(species)} species, {len(recordings)} recordings ({total_s / 60:.1f} min), "
-          f"{n_test_soundscapes} test + {n_unlabeled} unlabeled soundscapes, labels in "
-          f"{solution_path(out_dir)} ({time.perf_counter() - started:.1f} s)")
+    _build(out_dir, p, progress)
     return out_dir
 
 
