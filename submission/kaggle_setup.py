@@ -96,6 +96,70 @@ def _pip_errors(output: str) -> str:
     return "\n  ".join(lines or [line.strip() for line in output.splitlines()[-3:]])
 
 
+def _not_importable(requirements: Mapping[str, str]) -> dict[str, str]:
+    """The requirements whose import name is not importable; says why each of the others is left alone."""
+    missing: dict[str, str] = {}
+    for import_name, spec in requirements.items():
+        if importlib.util.find_spec(import_name) is None:
+            missing[import_name] = spec
+            continue
+        have = installed_version(import_name, spec)
+        pinned = _pinned(spec)
+        note = f"; the kit was tested with {pinned}" if pinned and not have.endswith(f" {pinned}") else ""
+        print(f"setup: {import_name} is importable ({have}{note}): not installing {spec}")
+    return missing
+
+
+def _wheel_dirs(wheel_dir: str | Path, specs: list[str], search_dir: str | Path | None) -> list[Path]:
+    """wheel_dir, and the wheel folders under search_dir when wheel_dir lacks one; SetupError when a
+    spec has no wheel in any of them."""
+    dirs = [Path(wheel_dir)] if Path(wheel_dir).is_dir() else []
+    if search_dir is not None and any(not wheels_for(spec, dirs) for spec in specs):
+        dirs += [d for d in find_wheel_dirs(Path(search_dir)) if d not in dirs]
+    absent = [spec for spec in specs if not wheels_for(spec, dirs)]
+    if absent:
+        looked = ", ".join(str(d) for d in dirs) or f"{wheel_dir} (absent)"
+        raise SetupError(
+            f"no wheel for {', '.join(absent)} in {looked}, and this notebook has no internet to download it.\n"
+            "  Re-run `make package` (without --no-wheels) where PyPI is reachable and upload the dataset again "
+            "(`make upload`),\n  or attach a Kaggle dataset that holds the wheel to this notebook.")
+    return dirs
+
+
+def _install_failed(specs: list[str], dirs: list[Path], output: str) -> SetupError:
+    """Why pip failed: wheels built for another Python (say which to package for), else pip's own errors."""
+    unfit = {spec: sorted(p.name for p in wheels_for(spec, dirs)) for spec in specs
+             if not any(fits_this_python(p) for p in wheels_for(spec, dirs))}
+    if unfit:
+        spec, names = next(iter(unfit.items()))
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return SetupError(
+            f"the kit's wheels for {spec} ({', '.join(names)}) do not fit this notebook's Python {version} "
+            f"({_python_tag()}).\n  Re-run `make package PACKAGE_ARGS='--python-version {version}'` and "
+            "upload again (`make upload`).")
+    return SetupError(f"pip could not install {', '.join(specs)} offline:\n  {_pip_errors(output)}")
+
+
+def _pip_install(specs: list[str], dirs: list[Path], target: str | Path | None) -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--disable-pip-version-check", "--no-input",
+           *[arg for d in dirs for arg in ("--find-links", str(d))], *(["--target", str(target)] if target else []),
+           *specs]
+    print(f"setup: installing {', '.join(specs)} offline from {', '.join(str(d) for d in dirs)}")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise _install_failed(specs, dirs, result.stdout + result.stderr)
+
+
+def _require_importable(import_names: Iterable[str], specs: list[str], target: str | Path | None) -> None:
+    """After pip: every import name importable now (from target, when installing there)."""
+    if target is not None and str(target) not in sys.path:
+        sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
+    still = [name for name in import_names if importlib.util.find_spec(name) is None]
+    if still:
+        raise SetupError(f"pip installed {', '.join(specs)}, yet {', '.join(still)} cannot be imported")
+
+
 def install_missing(wheel_dir: str | Path, requirements: Mapping[str, str], *, search_dir: str | Path | None = None,
                     target: str | Path | None = None) -> list[str]:
     """pip-install offline, from wheel_dir, each requirement whose import name is not importable.
@@ -106,51 +170,12 @@ def install_missing(wheel_dir: str | Path, requirements: Mapping[str, str], *, s
     site-packages. Returns the requirements installed; raises SetupError when it cannot.
     """
     print(f"setup: Python {sys.version.split()[0]} ({_python_tag()}) on {sys.platform}")
-    missing: dict[str, str] = {}
-    for import_name, spec in requirements.items():
-        if importlib.util.find_spec(import_name) is None:
-            missing[import_name] = spec
-            continue
-        have = installed_version(import_name, spec)
-        pinned = _pinned(spec)
-        note = f"; the kit was tested with {pinned}" if pinned and not have.endswith(f" {pinned}") else ""
-        print(f"setup: {import_name} is importable ({have}{note}): not installing {spec}")
+    missing = _not_importable(requirements)
     if not missing:
         return []
-
-    dirs = [Path(wheel_dir)] if Path(wheel_dir).is_dir() else []
-    if search_dir is not None and any(not wheels_for(spec, dirs) for spec in missing.values()):
-        dirs += [d for d in find_wheel_dirs(Path(search_dir)) if d not in dirs]
-    absent = [spec for spec in missing.values() if not wheels_for(spec, dirs)]
-    if absent:
-        looked = ", ".join(str(d) for d in dirs) or f"{wheel_dir} (absent)"
-        raise SetupError(
-            f"no wheel for {', '.join(absent)} in {looked}, and this notebook has no internet to download it.\n"
-            "  Re-run `make package` (without --no-wheels) where PyPI is reachable and upload the dataset again "
-            "(`make upload`),\n  or attach a Kaggle dataset that holds the wheel to this notebook.")
-
     specs = list(missing.values())
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--disable-pip-version-check", "--no-input",
-           *[arg for d in dirs for arg in ("--find-links", str(d))], *(["--target", str(target)] if target else []),
-           *specs]
-    print(f"setup: installing {', '.join(specs)} offline from {', '.join(str(d) for d in dirs)}")
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        unfit = {spec: sorted(p.name for p in wheels_for(spec, dirs)) for spec in specs
-                 if not any(fits_this_python(p) for p in wheels_for(spec, dirs))}
-        if unfit:
-            spec, names = next(iter(unfit.items()))
-            version = f"{sys.version_info.major}.{sys.version_info.minor}"
-            raise SetupError(
-                f"the kit's wheels for {spec} ({', '.join(names)}) do not fit this notebook's Python {version} "
-                f"({_python_tag()}).\n  Re-run `make package PACKAGE_ARGS='--python-version {version}'` and "
-                "upload again (`make upload`).")
-        raise SetupError(f"pip could not install {', '.join(specs)} offline:\n  {_pip_errors(result.stdout + result.stderr)}")
-    if target is not None and str(target) not in sys.path:
-        sys.path.insert(0, str(target))
-    importlib.invalidate_caches()
-    still = [name for name in missing if importlib.util.find_spec(name) is None]
-    if still:
-        raise SetupError(f"pip installed {', '.join(specs)}, yet {', '.join(still)} cannot be imported")
+    dirs = _wheel_dirs(wheel_dir, specs, search_dir)
+    _pip_install(specs, dirs, target)
+    _require_importable(missing, specs, target)
     print(f"setup: installed {', '.join(specs)}")
     return specs
