@@ -188,13 +188,8 @@ def require_credentials() -> Credentials:
 # ---------------------------------------------------------------- talking to Kaggle
 
 
-def kaggle_api(creds: Credentials):
-    """An authenticated kaggle.KaggleApi.
-
-    Imported only here: `import kaggle` authenticates at import time, printing its own help
-    when there are no credentials, so it must come after require_credentials (and is silenced:
-    it would only repeat our messages).
-    """
+def _import_kaggle():
+    """(KaggleApi, KaggleClient, get_env), imported silently: `import kaggle` prints its own help."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             from kaggle.api.kaggle_api_extended import KaggleApi
@@ -209,6 +204,11 @@ def kaggle_api(creds: Credentials):
         get_env()
     except Exception as e:  # kagglesdk raises a bare Exception for an unknown value
         raise DownloadError(f"{e}. Unset KAGGLE_API_ENVIRONMENT to use kaggle.com.") from None
+    return KaggleApi, KaggleClient, get_env
+
+
+def _api_class(KaggleApi, KaggleClient, get_env):
+    """KaggleApi whose client honours KAGGLE_API_ENVIRONMENT and never prints the request headers."""
 
     class Api(KaggleApi):
         def build_kaggle_client(self):
@@ -224,7 +224,10 @@ def kaggle_api(creds: Credentials):
                 response_processor=self.get_response_processor(),
             )
 
-    api = Api()
+    return Api
+
+
+def _authenticate(api, creds: Credentials) -> None:
     # KaggleApi reads KAGGLE_CONFIG_DIR once, at import; use its value now.
     api.config_dir = str(kaggle_config_dir())
     api.config = os.path.join(api.config_dir, api.config_file)
@@ -238,6 +241,17 @@ def kaggle_api(creds: Credentials):
             f'  Create a new token at {SETTINGS_URL} ("Create New Token"), put it in place of {creds.source}, '
             "and rerun."
         ) from None
+
+
+def kaggle_api(creds: Credentials):
+    """An authenticated kaggle.KaggleApi.
+
+    Imported only here: `import kaggle` authenticates at import time, printing its own help
+    when there are no credentials, so it must come after require_credentials (and is silenced:
+    it would only repeat our messages).
+    """
+    api = _api_class(*_import_kaggle())()
+    _authenticate(api, creds)
     return api
 
 
