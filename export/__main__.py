@@ -24,8 +24,7 @@ def train_first(data: str, train_args: str) -> int:
     return train_main(flags)
 
 
-@refuse_unwritable
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder whose runs to choose from")
     p.add_argument("--run", type=Path, help="export this run folder instead of the best one")
@@ -42,27 +41,35 @@ def main(argv: list[str] | None = None) -> int:
                    help="flags of `python -m train` for when there is no finished run to export yet, as one "
                         "string: --train-args='--models simple_cnn --epochs 30' (make passes MODELS, SEED, DENOISE "
                         "and TRAIN_ARGS)")
-    args = p.parse_args(argv)
-    ws = Workspace.of(args.data)
-    if args.run is None and not finished_runs(ws.runs_dir):
-        rc = train_first(args.data, args.train_args)
-        if rc == 130:  # Ctrl-C: training said how to continue
-            return rc
-        if rc != 0:
-            print("error: training failed (above), so there is nothing to export: fix that, then rerun", file=sys.stderr)
-            return 1
-    try:
-        if args.run:
-            remove_candidates(ws.export_dir)  # this run alone is the export now
-            report = export_run(args.run, ws.export_dir, atol=args.atol, opset=args.opset,
-                                activation=args.activation)
-            write_report(ws.export_dir, {**report, "ensemble": []})
-        else:
-            report = export_best(ws.runs_dir, ws.export_dir, top=args.top, atol=args.atol, opset=args.opset,
-                                 activation=args.activation)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
+    return p
+
+
+def _train_if_needed(args: argparse.Namespace, ws: Workspace) -> int | None:
+    """Trains when there is nothing to export yet; the exit status to stop with, None to go on."""
+    if args.run is not None or finished_runs(ws.runs_dir):
+        return None
+    rc = train_first(args.data, args.train_args)
+    if rc == 130:  # Ctrl-C: training said how to continue
+        return rc
+    if rc != 0:
+        print("error: training failed (above), so there is nothing to export: fix that, then rerun", file=sys.stderr)
         return 1
+    return None
+
+
+def _export(args: argparse.Namespace, ws: Workspace) -> dict:
+    """--run's run alone, else the --top best runs; the export report (ExportError when it cannot)."""
+    if args.run:
+        remove_candidates(ws.export_dir)  # this run alone is the export now
+        report = export_run(args.run, ws.export_dir, atol=args.atol, opset=args.opset,
+                            activation=args.activation)
+        write_report(ws.export_dir, {**report, "ensemble": []})
+        return report
+    return export_best(ws.runs_dir, ws.export_dir, top=args.top, atol=args.atol, opset=args.opset,
+                       activation=args.activation)
+
+
+def _say_exported(report: dict) -> None:
     for extra in report.get("ensemble", []):
         print(f"export: ensemble candidate {extra['model']} (val ROC-AUC {extra['val_roc_auc']:.4f}) -> {extra['onnx']}")
     print(f"export: {report['model']} (val ROC-AUC {report['val_roc_auc']:.4f}, accuracy "
@@ -70,6 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"export: onnxruntime vs torch max |diff| {report['max_abs_diff_vs_torch']:.2e} on "
           f"{report['checked_windows']} real windows; {report['onnx_cpu_ms_per_window_2_threads']:.1f} ms/window "
           f"on 2 CPU threads; {report['size_mb']:.1f} MB")
+
+
+@refuse_unwritable
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    ws = Workspace.of(args.data)
+    rc = _train_if_needed(args, ws)
+    if rc is not None:
+        return rc
+    try:
+        report = _export(args, ws)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _say_exported(report)
     return 0
 
 
