@@ -37,12 +37,13 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, union_targets: bool, g
 
 
 def power_mix(x: torch.Tensor, y: torch.Tensor, snr_db_range: tuple[float, float], top_db: float,
-              gen: torch.Generator):
+              gen: torch.Generator, union_targets: bool = True):
     """Add each window's sound to another's, as sounds add: in power, not in dB.
 
     Features are dB relative to the window's peak, scaled to [0, 1] (data.features.normalise).
     Undo the scaling, add the other window's power at a random level `snr_db` below, redo the
-    scaling. Targets become the union of both windows' labels (both birds are audible)."""
+    scaling. Targets become the union of both windows' labels (both birds are audible), for
+    softmax training (union_targets False) that union over its sum: a distribution, as mixup's blend."""
     lo, hi = snr_db_range
     snr_db = lo + (hi - lo) * _to(torch.rand(len(x), generator=gen), x)  # [B]
     perm = _to(torch.randperm(len(x), generator=gen), x)
@@ -50,7 +51,8 @@ def power_mix(x: torch.Tensor, y: torch.Tensor, snr_db_range: tuple[float, float
     mixed = power + torch.pow(10.0, -snr_db / 10.0).view(-1, 1, 1) * power[perm]
     db = 10.0 * torch.log10(mixed / mixed.amax(dim=(1, 2), keepdim=True))
     x = ((db + top_db) / top_db).clamp(0.0, 1.0)
-    return x, torch.maximum(y, y[perm])
+    y = torch.maximum(y, y[perm])
+    return x, y if union_targets else y / y.sum(dim=1, keepdim=True)
 
 
 def spec_mask(x: torch.Tensor, gen: torch.Generator, max_time_frac: float = 0.15, max_freq_frac: float = 0.15) -> torch.Tensor:

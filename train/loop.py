@@ -114,9 +114,7 @@ def augment(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen: torch.Gener
     if cfg.mixup_prob > 0 and torch.rand(1, generator=gen).item() < cfg.mixup_prob:
         x, y = mixup(x, y, cfg.mixup_alpha, union_targets=cfg.loss == "bce", gen=gen)
     if cfg.power_mix_prob > 0 and torch.rand(1, generator=gen).item() < cfg.power_mix_prob:
-        x, y = power_mix(x, y, cfg.power_mix_snr_db, cfg.features.top_db, gen)
-        if cfg.loss == "ce":  # softmax targets stay a distribution, as mixup's blend does: the union sums to 2
-            y = y / y.sum(dim=1, keepdim=True)
+        x, y = power_mix(x, y, cfg.power_mix_snr_db, cfg.features.top_db, gen, union_targets=cfg.loss == "bce")
     return x, y
 
 
