@@ -328,6 +328,8 @@ def denoise(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 _GATE_TIME_CONSTANT_S = 2.0  # time_constant_s: the running noise floor per frequency
 _GATE_THRESH_N_MULT = 2.0  # thresh_n_mult_nonstationary: |X| > (1 + 2) * floor passes...
 _GATE_SIGMOID_SLOPE = 10.0  # sigmoid_slope_nonstationary: ...through a sigmoid this steep
+# the sigmoid rewritten as K / (K + exp(k |X|)), k = -slope / floor: K is this constant
+_GATE_BIG_K = np.float32(np.exp(-_GATE_SIGMOID_SLOPE * (1.0 + _GATE_THRESH_N_MULT)))
 _GATE_PROP_DECREASE = 1.0  # prop_decrease
 _GATE_FREQ_SMOOTH_HZ = 500.0  # freq_mask_smooth_hz
 _GATE_TIME_SMOOTH_MS = 50.0  # time_mask_smooth_ms
@@ -453,7 +455,6 @@ class _Gate:
         n, n_blocks, nb = means.shape
         floor = _running_floor(means.reshape(n * n_blocks, nb), self.plan.n_frames / n_blocks, cfg)
         k = np.divide(np.float32(-_GATE_SIGMOID_SLOPE), np.maximum(floor, np.float32(1e-12)), out=floor)
-        self.big_k = np.float32(np.exp(-_GATE_SIGMOID_SLOPE * (1.0 + _GATE_THRESH_N_MULT)))
         return k.reshape(n, n_blocks, nb)
 
     def magnitude(self, i: int) -> np.ndarray:
@@ -469,8 +470,8 @@ class _Gate:
         if self.rest:
             np.multiply(mag[full:], k[self.n_full], out=z[full:])
         np.exp(z, out=z)
-        np.add(z, self.big_k, out=z)
-        np.divide(self.big_k, z, out=z)
+        np.add(z, _GATE_BIG_K, out=z)
+        np.divide(_GATE_BIG_K, z, out=z)
         pooled = z[:, 0 : self.grouped : group].copy()
         for r in range(1, group):
             pooled += z[:, r : self.grouped : group]
