@@ -132,7 +132,7 @@ bench-train: venv $(NEEDS_DATA)  ## training samples/s from the cache vs the com
 floor: venv $(NEEDS_DATA)  ## the non-deep floor: log-mel band stats + logistic regression, grouped FOLDS-fold CV
 	$(PY) -m bench.floor --data $(DATA) --folds $(FOLDS) --seed $(SEED) $(BENCH_ARGS)
 
-demo: venv  ## the whole pipeline on the embedded sample, on CPU, in minutes
+demo: venv  ## the whole pipeline on the embedded sample, in minutes, no GPU needed
 	$(PY) -m data.synth --out $(SAMPLE) --seed $(SEED)
 	$(MAKE) --no-print-directory DATA=$(SAMPLE) TRAIN_ARGS="--schedule demo $(TRAIN_ARGS)" \
 	    PACKAGE_ARGS="--no-wheels $(PACKAGE_ARGS)" train export score

@@ -266,8 +266,9 @@ def run_floor(data_dir: Path, cfg: FloorConfig, cache_dir: Path | None = None, p
 
 
 def _std(x: np.ndarray) -> float:
-    """Sample standard deviation over folds (ddof=1); 0 for a single value, NaN for none."""
-    return float(np.std(x, ddof=1)) if len(x) > 1 else (0.0 if len(x) else float("nan"))
+    """Standard deviation over folds, ddof=0 as `make cv` prints it (so the floor's ± and the
+    models' ± in one table are the same statistic); NaN for no folds."""
+    return float(np.std(x)) if len(x) else float("nan")
 
 
 def _finite(obj):

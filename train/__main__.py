@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --cv: run only these folds (0-based), e.g. to split a long cross-validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--num-workers", type=at_least(0), help="DataLoader workers (default: 0 on CPU, 4 on CUDA)")
+    p.add_argument("--num-workers", type=at_least(0), help="DataLoader workers (default: 0 on CPU, up to 4 on CUDA, one per core)")
     p.add_argument("--denoise", nargs="?", const="noisereduce", default="none", choices=DENOISE_MODES,
                    help="noise reduction in the features (own cache): none | spectral | noisereduce")
     p.add_argument("--resume", action="store_true",
