@@ -194,7 +194,7 @@ class Batches(torch.utils.data.Dataset):
         return 64
 
 
-def test_a_sigterm_to_every_process_of_the_job_leaves_the_loaders_workers_running(tmp_path):
+def test_the_sigterm_a_scheduler_sends_a_loader_worker_leaves_it_running_to_the_last_batch(tmp_path):
     # Slurm and systemd send SIGTERM to every process of a job. A worker it killed made torch raise
     # "DataLoader worker ... is killed by signal: Terminated" in the training process, which won
     # over the interruption: exit 1 instead of 130 and the command that resumes. The training

@@ -102,24 +102,31 @@ def test_the_printed_score_is_kaggles_metric_on_the_notebooks_output(chain, tiny
 
 
 def test_the_notebooks_features_equal_the_training_features(chain, tiny_dataset, tmp_path):
-    """Features computed by the packaged code, imported in a fresh interpreter that sees only
-    the packaged dataset, against the rows training read from the cache."""
-    code_dir = dist_dir() / "dataset" / "code"
+    """Features computed the notebook's way, in a fresh interpreter that sees only the packaged
+    dataset: its config read from the shipped model's ONNX metadata by the notebook's own loader,
+    each file decoded and featurised by the notebook's own soundscape_features. They must equal
+    the rows training read from the cache."""
+    dataset = dist_dir() / "dataset"
+    code_dir = dataset / "code"
     meta = read_metadata(tiny_dataset)
     files = [str(tiny_dataset / "train_audio" / f) for f in meta.filename[:3]]
     script = (
         "import sys, json, numpy as np\n"
+        "from pathlib import Path\n"
         f"sys.path.insert(0, {str(code_dir)!r})\n"
-        "import data.features as F\n"
-        f"assert F.__file__.startswith({str(code_dir)!r}), F.__file__\n"
-        f"cfg = F.FeatureConfig.from_dict(json.load(open({str(dist_dir() / 'dataset' / 'birdkit.json')!r}))['features'])\n"
-        f"np.savez({str(tmp_path / 'nb.npz')!r}, *[F.file_to_features(p, cfg) for p in {files!r}])\n"
+        "import data.features, submission.infer as I\n"
+        f"assert I.__file__.startswith({str(code_dir)!r}) and data.features.__file__.startswith({str(code_dir)!r})\n"
+        f"manifest = json.load(open({str(dataset / 'birdkit.json')!r}))\n"
+        f"cfg = I.KitModel.load(Path({str(dataset)!r}) / manifest['model_file'], measure=False).features\n"
+        f"out = [I.soundscape_features(Path(p), cfg) for p in {files!r}]\n"
+        "assert all(o.feats is not None and not o.problem for o in out), [o.problem for o in out]\n"
+        f"np.savez({str(tmp_path / 'nb.npz')!r}, *[o.feats for o in out])\n"
     )
     subprocess.run([sys.executable, "-I", "-c", script], check=True, cwd=tmp_path)
     notebook = np.load(tmp_path / "nb.npz")
-    cache_dir = next(chain.cache_root.iterdir())
-    cache = FeatureCache.open(cache_dir)
+    cache = FeatureCache.open(next(chain.cache_root.iterdir()))
     for i, f in enumerate(meta.filename[:3]):
         training = np.asarray(cache.windows[list(cache.rows_of(f))], np.float32)
+        assert len(training) >= 1
         assert notebook[f"arr_{i}"].shape == training.shape
         assert np.abs(notebook[f"arr_{i}"] - training).max() <= 1e-5

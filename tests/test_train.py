@@ -114,13 +114,13 @@ def test_missing_imagenet_weights_stop_training_before_the_first_model_trains(ti
     assert not (tmp_path / "out").exists()  # simple_cnn did not train first, nothing was cached
 
 
-def test_resuming_asks_for_no_imagenet_weights_a_resumed_run_loads_its_checkpoint(tmp_path, monkeypatch):
+def test_resuming_fetches_imagenet_weights_only_for_a_model_with_no_killed_run_to_continue(tmp_path, monkeypatch):
     import urllib.error
 
     import torch
 
     from data.features import FeatureConfig
-    from train.__main__ import fetch_weights_first, parse_args
+    from train.__main__ import fetch_weights_first, parse_args, unfinished_run
 
     asked = []
 
@@ -130,11 +130,41 @@ def test_resuming_asks_for_no_imagenet_weights_a_resumed_run_loads_its_checkpoin
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no weights cached
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    fetch_weights_first(parse_args(["--data", "d", "--models", "resnet18", "--resume"]), FeatureConfig())
-    assert asked == []
+    runs = tmp_path / "runs"
+    killed = runs / "resnet18-20261207-070000"
+    killed.mkdir(parents=True)
+    (killed / "last.pt").write_bytes(b"")  # stopped before its summary: --resume continues it
+    resumes = lambda m: unfinished_run(runs, m) is not None  # noqa: E731 (what train_models passes)
+
+    fetch_weights_first(parse_args(["--data", "d", "--models", "resnet18", "--resume"]), FeatureConfig(), resumes)
+    assert asked == []  # the resumed run loads its checkpoint, not ImageNet
     with pytest.raises(RuntimeError, match="could not load the ImageNet weights ResNet18_Weights"):
-        fetch_weights_first(parse_args(["--data", "d", "--models", "resnet18"]), FeatureConfig())
-    assert len(asked) == 1
+        fetch_weights_first(parse_args(["--data", "d", "--models", "resnet18"]), FeatureConfig(), resumes)
+    assert len(asked) == 1  # without --resume a new run starts from ImageNet
+    (killed / "summary.json").write_text("{}")  # finished: --resume has nothing to continue, a new run starts
+    with pytest.raises(RuntimeError, match="could not load the ImageNet weights ResNet18_Weights"):
+        fetch_weights_first(parse_args(["--data", "d", "--models", "resnet18", "--resume"]), FeatureConfig(), resumes)
+    assert len(asked) == 2
+
+
+def test_a_resumed_cross_validation_with_folds_still_to_start_fetches_the_weights_before_any_fold_trains(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import torch
+
+    from train.__main__ import main
+
+    def no_network(url, *args, **kwargs):  # the network layer only
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no weights cached
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert main(["--data", str(tiny_dataset), "--models", "resnet18", "--cv", "2", "--holdout-fraction", "0",
+                 "--device", "cpu", "--resume"]) != 0
+    assert "could not load the ImageNet weights ResNet18_Weights" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*-fold0"))  # no fold started
 
 
 def test_resume_with_no_killed_run_says_it_starts_a_new_one(tiny_dataset, tmp_path, monkeypatch, capsys):

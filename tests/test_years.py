@@ -183,7 +183,7 @@ def test_the_kaggle_projection_follows_the_competitions_hidden_test_set():
     assert kaggle_test_set("birdclef-2023").deadline_min == kaggle_test_set("birdclef-2024").deadline_min == 110
 
 
-def test_a_competition_the_kit_does_not_know_gets_the_shortest_known_limit_and_a_warning(tmp_path, capsys):
+def test_a_competition_the_kit_does_not_know_gets_the_shortest_known_limit(tmp_path):
     from submission.budget import kaggle_test_set
     from submission.package import PackageConfig, deadline_min
 

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -191,7 +192,7 @@ def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
                               "finished folds and continues the killed one from its last finished epoch") from None
     features = FeatureConfig(denoise=args.denoise)
     ws = Workspace.of(Path(args.data))
-    fetch_weights_first(args, features)
+    fetch_weights_first(args, features, resumes=lambda m: unfinished_run(ws.runs_dir, m) is not None)
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))  # one run folder for every process
     summaries = []
     for k, model in enumerate(args.models):
@@ -207,15 +208,16 @@ def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
     return 0
 
 
-def fetch_weights_first(args: argparse.Namespace, features: FeatureConfig) -> None:
+def fetch_weights_first(args: argparse.Namespace, features: FeatureConfig,
+                        resumes: Callable[[str], bool] = lambda model: False) -> None:
     """Every ImageNet weights file the models will load, fetched before the first model trains:
-    a machine without them finds out now, not after hours. Not when resuming: a resumed run
-    loads its checkpoint, not ImageNet. Every process fetches (torch.hub writes a temporary
-    file and renames it), as building the model did: a rank waiting in a barrier would time
-    out on a slow download."""
-    if args.resume:
-        return
-    wanted = [m for m in args.models if model_config(args, m, features).pretrained]
+    a machine without them finds out now, not after hours. Not for a model whose every run
+    --resume continues or reuses (`resumes(model)`): it loads its checkpoint, not ImageNet; a
+    model with nothing to resume starts fresh and needs them. Every process fetches (torch.hub
+    writes a temporary file and renames it), as building the model did: a rank waiting in a
+    barrier would time out on a slow download."""
+    wanted = [m for m in args.models if model_config(args, m, features).pretrained
+              and not (args.resume and resumes(m))]
     if wanted:
         fetch_imagenet_weights(wanted)
 
@@ -251,8 +253,9 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
         raise ValueError(f"--cv-folds must be between 0 and {args.cv - 1}, got {fold_ids}")
     features = FeatureConfig(denoise=args.denoise)
     check_folds(args, features, fold_ids)
-    fetch_weights_first(args, features)
     cv_dir = Workspace.of(Path(args.data)).runs_dir / "cv"
+    fetch_weights_first(args, features, resumes=lambda m: all(
+        latest_fold_run(cv_dir, model_config(args, m, features, folds=args.cv, fold=k)) is not None for k in fold_ids))
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))
     lines = []
     for model in args.models:
