@@ -80,6 +80,13 @@ def test_the_same_generator_state_gives_the_same_augmentations():
     pa = power_mix(x, y, (0.0, 15.0), 80.0, torch.Generator().manual_seed(7))
     pb = power_mix(x, y, (0.0, 15.0), 80.0, torch.Generator().manual_seed(7))
     assert torch.equal(pa[0], pb[0]) and torch.equal(pa[1], pb[1])
+    # mixup draws its pairing from the run's generator and its weights from torch's global one
+    # (seeded by the run and saved in every checkpoint, so a resumed run draws the same).
+    torch.manual_seed(7)
+    ma = mixup(x, y, 0.5, True, torch.Generator().manual_seed(7))
+    torch.manual_seed(7)
+    mb = mixup(x, y, 0.5, True, torch.Generator().manual_seed(7))
+    assert torch.equal(ma[0], mb[0]) and torch.equal(ma[1], mb[1])
 
 
 def test_a_time_shift_rolls_each_window_whole_by_at_most_the_share_given():
