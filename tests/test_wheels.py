@@ -110,17 +110,21 @@ def test_a_python_version_that_is_not_x_y_is_refused():
 
 # ---------------------------------------------------------------- fetching
 
+# One of Kaggle's Pythons that this machine's is not: the fetch must not fall back on this one.
+KAGGLE_NOT_THIS_PYTHON = "3.11" if sys.version_info[:2] == (3, 12) else "3.12"
+
 
 def test_pip_is_asked_for_kaggles_python_and_platform_then_the_cache_answers(tmp_path):
     calls = []
+    kaggle, cp = KAGGLE_NOT_THIS_PYTHON, "cp3" + KAGGLE_NOT_THIS_PYTHON.split(".")[1]
 
     def fake_pip(cmd, **kwargs):
         calls.append(cmd)
         dest = Path(cmd[cmd.index("-d") + 1])
-        build_wheel(dest, "onnxruntime", ONNXRUNTIME.version, "cp312-cp312-manylinux_2_28_x86_64")
+        build_wheel(dest, "onnxruntime", ONNXRUNTIME.version, f"{cp}-{cp}-manylinux_2_28_x86_64")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    cfg = WheelConfig(python_versions=("3.12",), packages=(ONNXRUNTIME,))
+    cfg = WheelConfig(python_versions=(kaggle,), packages=(ONNXRUNTIME,))
     cache, dest = tmp_path / "cache", tmp_path / "dataset" / "wheels"
 
     got = fetch_wheels(cfg, dest, cache, run=fake_pip)
@@ -128,12 +132,12 @@ def test_pip_is_asked_for_kaggles_python_and_platform_then_the_cache_answers(tmp
     [cmd] = calls
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
     assert {"--no-deps", "--only-binary=:all:"} <= set(cmd)
-    assert cmd[cmd.index("--python-version") + 1] == "3.12" != f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert cmd[cmd.index("--python-version") + 1] == kaggle != f"{sys.version_info.major}.{sys.version_info.minor}"
     assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--platform"] == [
         "manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
     assert cmd[cmd.index("--implementation") + 1] == "cp"
     assert Path(cmd[cmd.index("-d") + 1]).parent == cache and cmd[-1] == "onnxruntime==1.32.0"
-    assert [p.name for p in got] == ["onnxruntime-1.32.0-cp312-cp312-manylinux_2_28_x86_64.whl"]
+    assert [p.name for p in got] == [f"onnxruntime-1.32.0-{cp}-{cp}-manylinux_2_28_x86_64.whl"]
     assert got[0].parent == dest and got[0].read_bytes() == (cache / got[0].name).read_bytes()
     assert sorted(p.name for p in cache.iterdir()) == [got[0].name]  # pip's private folder is gone
 
@@ -152,8 +156,9 @@ def test_a_cached_wheel_for_another_python_or_platform_does_not_count(tmp_path):
 
 
 def test_a_real_download_brings_kaggles_wheels_not_this_machines(tmp_path):
-    """six is pure Python; markupsafe is compiled, and asked for CPython 3.12 while this is 3.11."""
-    cfg = WheelConfig(python_versions=("3.12",), packages=(Wheel("six", "1.17.0", "six"),
+    """six is pure Python; markupsafe is compiled, and asked for a CPython that is not this one."""
+    cp = "cp3" + KAGGLE_NOT_THIS_PYTHON.split(".")[1]
+    cfg = WheelConfig(python_versions=(KAGGLE_NOT_THIS_PYTHON,), packages=(Wheel("six", "1.17.0", "six"),
                                                            Wheel("markupsafe", "3.0.3", "markupsafe")))
     try:
         got = fetch_wheels(cfg, tmp_path / "wheels", tmp_path / "cache")
@@ -163,7 +168,7 @@ def test_a_real_download_brings_kaggles_wheels_not_this_machines(tmp_path):
         raise
     names = sorted(p.name for p in got)
     assert names[1] == "six-1.17.0-py2.py3-none-any.whl"
-    assert re.fullmatch(r"markupsafe-3\.0\.3-cp312-cp312-.*manylinux.*_x86_64\.whl", names[0])
+    assert re.fullmatch(rf"markupsafe-3\.0\.3-{cp}-{cp}-.*manylinux.*_x86_64\.whl", names[0])
     assert all(zipfile.is_zipfile(p) for p in got)
 
 
