@@ -73,7 +73,7 @@ def test_pretrained_weights_load_from_the_torch_hub_cache(tmp_path, monkeypatch)
     """The real torchvision loading path, fed a weights file already in the hub cache (as a user
     without internet places it)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # restored after the test
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     reference = torchvision.models.resnet18(num_classes=1000)
     target = weights_path(weights)
@@ -85,7 +85,7 @@ def test_pretrained_weights_load_from_the_torch_hub_cache(tmp_path, monkeypatch)
 
 
 def test_a_failed_weights_download_says_where_to_put_the_file(tmp_path, monkeypatch):
-    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # restored after the test
 
     def no_network(url, dst, *args, **kwargs):  # the network layer only
         raise urllib.error.URLError("Temporary failure in name resolution")
