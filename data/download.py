@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import requests
 
-from data.layout import (DEFAULT_COMPETITION, LONG_TABLE_COMPETITIONS, REQUIRED_ENTRIES, TEST_SOUNDSCAPE_S,
+from data.layout import (DEFAULT_COMPETITION, LONG_TABLE_COMPETITIONS, TEST_SOUNDSCAPE_S,
                          LayoutError, LayoutReport, find_metadata, missing_entries, validate_layout)
 from data.paths import free_bytes, human_bytes
 
@@ -479,8 +479,9 @@ def validate(root: Path, source: Path) -> LayoutReport:
     missing = missing_entries(root)
     if missing:
         raise DownloadError(
-            f"{source} does not hold a BirdCLEF dataset in the Kaggle layout: missing {', '.join(missing)} "
-            f"(expected {', '.join(REQUIRED_ENTRIES)})."
+            f"{source} does not hold a BirdCLEF dataset in the Kaggle layout: missing {', '.join(missing)}. "
+            "It is not the competition's whole-data zip (the data page's \"Download All\"), or it is incomplete: "
+            "download it again."
         )
     try:
         report = validate_layout(root)
@@ -600,6 +601,10 @@ def run(args: argparse.Namespace, out: Path, secrets: list[str]) -> LayoutReport
             print(report.format())
             return None
     if args.zip is not None:
+        if args.zip.is_dir():
+            raise DownloadError(f"--zip {args.zip} is a folder, not a zip archive. An unpacked dataset needs no "
+                                f"download: use it as DATA={args.zip} where it is in the Kaggle layout, or give "
+                                "--zip the .zip file.")
         if not args.zip.is_file():
             raise DownloadError(f"--zip {args.zip}: no such file")
         return unpack_and_install(args.zip, out)

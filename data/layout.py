@@ -45,6 +45,9 @@ class LayoutError(ValueError):
 
 def require_layout(data_dir: Path) -> None:
     """Fail fast, saying what is missing and how to get it."""
+    if data_dir.is_file():
+        raise LayoutError(f"DATA={data_dir} is a file, not a folder: point DATA at the dataset folder that holds "
+                          f"train_audio/, the metadata and sample_submission.csv (DATA={data_dir.parent}?)")
     if not data_dir.is_dir():
         raise LayoutError(
             f"DATA={data_dir} does not exist: check the path, or download a competition into it with "
@@ -55,9 +58,14 @@ def require_layout(data_dir: Path) -> None:
     missing = missing_entries(data_dir)
     if missing:
         older = " (BirdCLEF 2021 layout: the kit reads 2023-2025's)" if (data_dir / "train_short_audio").is_dir() else ""
+        inside = [p for p in sorted(data_dir.iterdir()) if p.is_dir() and not missing_entries(p)]
+        hint = ("Download a 2023-2025 competition (make data COMPETITION=birdclef-2024)." if older else
+                f"{inside[0]} is a dataset: did you mean DATA={inside[0]}?" if inside else
+                "Point DATA at the folder that holds them, restore what is missing from the competition's zip "
+                "(make data DATA=... DATA_ARGS=--force downloads it again), or run `make sample` for the "
+                "embedded sample.")
         raise LayoutError(
-            f"DATA={data_dir} is not in the Kaggle BirdCLEF layout: missing {', '.join(missing)} "
-            f"(expected {', '.join(REQUIRED_ENTRIES)}){older}"
+            f"DATA={data_dir} is not in the Kaggle BirdCLEF layout: it lacks {', '.join(missing)}{older}. {hint}"
         )
     long_format = LONG_SUBMISSION_COLUMNS & set(submission_header(data_dir))
     if long_format:
@@ -73,6 +81,19 @@ def competition_of(data_dir: Path | str) -> str:
     competition (data/birdclef-2025), else DEFAULT_COMPETITION. The packaged notebook attaches it."""
     name = Path(data_dir).resolve().name
     return name if re.fullmatch(r"birdclef-20\d\d", name) else DEFAULT_COMPETITION
+
+
+def slug_problem(competition: str) -> str | None:
+    """Why a notebook cannot be packaged for this competition slug, or None. The slug goes into
+    kernel-metadata.json's competition_sources: a typo there attaches nothing on Kaggle."""
+    known = ", ".join(sorted(TEST_SOUNDSCAPE_S))
+    if competition in LONG_TABLE_COMPETITIONS:
+        return (f"the kit does not support {competition}: BirdCLEF 2021-2022 scored a long table (row_id + the "
+                f"species heard), and the kit writes one probability column per class ({known})")
+    if not re.fullmatch(r"birdclef-20\d\d", competition):
+        return (f"--competition {competition} is not a BirdCLEF slug (birdclef-YYYY: {known}): the notebook would "
+                "attach a competition Kaggle does not have; check COMPETITION=")
+    return None
 
 
 def competition_soundscape_s(data_dir: Path | str, competition: str | None = None) -> float:
@@ -227,6 +248,20 @@ def class_change(old: list[str], new: list[str]) -> str:
 
     parts = ([f"added: {names(added)}"] if added else []) + ([f"removed: {names(removed)}"] if removed else [])
     return "; ".join(parts) or "same classes, other order"
+
+
+def class_disagreement(data_dir: Path, meta: pd.DataFrame) -> str | None:
+    """Where the metadata's species and sample_submission.csv's columns differ, what differs:
+    a model trained on such data cannot fill the submission's columns as they are."""
+    if not (data_dir / "sample_submission.csv").exists():
+        return None
+    classes, columns = set(class_list(meta)), set(submission_columns(data_dir))
+    if classes == columns:
+        return None
+    return (f"{find_metadata(data_dir).name} and sample_submission.csv of {data_dir} name different species (only "
+            f"in the metadata: {sorted(classes - columns)[:5]}, only in sample_submission: "
+            f"{sorted(columns - classes)[:5]}): add the missing columns to sample_submission.csv or drop those "
+            "metadata rows, then train (`make package` refuses a model whose classes are not the columns)")
 
 
 def submission_columns(data_dir: Path) -> list[str]:

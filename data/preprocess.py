@@ -439,10 +439,24 @@ def nothing_readable(data_dir: Path, cache_dir: Path, bad: pd.DataFrame) -> str:
     """The refusal when every recording failed. Their failures are committed to the journal, so
     a rerun would not retry them: the fixed files need a fresh cache."""
     missing = int((bad.status == "missing").sum())
+    if missing == len(bad):
+        return none_found(data_dir, cache_dir, list(bad.filename))
     of_them = f", {missing} of them missing" if missing else ""
     return (f"all {len(bad)} recordings of {data_dir} are unreadable{of_them} (reasons in {cache_dir / 'entries.csv'}), "
             f"so there is nothing to train on: check the files under {data_dir / 'train_audio'} (an interrupted copy "
             f"or unzip? `make data` checks a download), then delete {cache_dir} and rerun")
+
+
+def none_found(data_dir: Path, cache_dir: Path, filenames: list[str]) -> str:
+    """Not one named file exists: most likely the filename column is not relative to
+    train_audio/, the way Kaggle writes it (<primary_label>/<file>.ogg)."""
+    audio = data_dir / "train_audio"
+    first = filenames[0]
+    found = next((p for p in audio.rglob(Path(first).name) if p.is_file()), None) if audio.is_dir() else None
+    where = f" ({found.relative_to(audio)} is there)" if found else ""
+    return (f"none of the {len(filenames)} files that {data_dir}'s metadata names exists under {audio} (the first: "
+            f"{first}{where}): the filename column is relative to train_audio/, <primary_label>/<file>.ogg in "
+            f"Kaggle's data. Fix the column or put the files there, then delete {cache_dir} and rerun")
 
 
 def cache_is_current(cache_dir: Path, data_dir: Path) -> bool:
@@ -501,6 +515,9 @@ def feature_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    for flag, value in (("--workers", args.workers), ("--max-windows", args.max_windows)):
+        if value < 0:
+            raise SystemExit(f"error: {flag} must be >= 0 (0: {'all cores' if flag == '--workers' else 'all'}), got {value}")
     return PreprocessConfig(
         data_dir=Path(args.data), features=FeatureConfig(denoise=args.denoise), workers=args.workers,
         max_windows_per_recording=args.max_windows, progress=not getattr(args, "no_progress", False),

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from data.paths import Workspace, refuse_unwritable
-from export.to_onnx import PARITY_ATOL, ExportError, export_best, export_run, remove_candidates, write_report
+from export.to_onnx import (PARITY_ATOL, ExportError, export_best, export_run, remove_candidates, require_trained_run,
+                            write_report)
 from train.config import at_least
 from train.report import finished_runs
 
@@ -60,6 +61,7 @@ def _train_if_needed(args: argparse.Namespace, ws: Workspace) -> int | None:
 def _export(args: argparse.Namespace, ws: Workspace) -> dict:
     """--run's run alone, else the --top best runs; the export report (ExportError when it cannot)."""
     if args.run:
+        require_trained_run(args.run)  # a mistyped --run must not cost the previous export
         remove_candidates(ws.export_dir)  # this run alone is the export now
         report = export_run(args.run, ws.export_dir, atol=args.atol, opset=args.opset,
                             activation=args.activation)

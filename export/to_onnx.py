@@ -71,9 +71,21 @@ def choose_best_run(runs_dir: Path) -> Path:
     return Path(ranked_runs(runs_dir)[0]["dir"])
 
 
+def require_trained_run(run_dir: Path) -> None:
+    """Refuse a folder that is not a training run with a best checkpoint, before anything is
+    touched: a mistyped --run would otherwise cost the previous export."""
+    missing = [f for f in ("config.json", "best.pt") if not (Path(run_dir) / f).is_file()]
+    if missing:
+        what = "does not exist" if not Path(run_dir).is_dir() else f"holds no {' or '.join(missing)}"
+        raise ExportError(f"{run_dir} {what}, so it is not a trained run. Give --run a run folder with "
+                          "best.pt and config.json (`make report` lists the finished ones), or leave out "
+                          "--run to export the best run by val ROC-AUC.")
+
+
 def load_run(run_dir: Path, activation: str | None = None) -> LoadedRun:
     """Rebuild the model from the run's config.json and load its best checkpoint. activation
     (sigmoid | softmax) replaces the run's own output activation when given."""
+    require_trained_run(run_dir)
     cfg = TrainConfig.load(run_dir / "config.json")
     ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     classes = ckpt["classes"]

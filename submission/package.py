@@ -28,7 +28,8 @@ from pathlib import Path
 import nbformat
 
 from data.features import FEATURES_VERSION, FeatureConfig
-from data.layout import DEFAULT_COMPETITION, competition_of, submission_columns
+from data.layout import (DEFAULT_COMPETITION, class_list, competition_of, find_metadata, read_metadata, slug_problem,
+                         submission_columns)
 from data.paths import REPO, Workspace, dist_dir, refuse_unwritable
 from submission.budget import KAGGLE_TEST_SETS, UNKNOWN_TEST_SET, kaggle_test_set
 from submission.infer import DEADLINE_MARGIN_MIN, MANIFEST_NAME, PostProcess
@@ -103,7 +104,8 @@ def read_onnx_metadata(onnx_path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def check_model(meta: dict[str, str], onnx_path: Path, columns: list[str] | None, allow_class_mismatch: bool) -> None:
+def check_model(meta: dict[str, str], onnx_path: Path, columns: list[str] | None, allow_class_mismatch: bool,
+                data_dir: Path | None = None) -> None:
     """Refuse at packaging time what would otherwise fail (or silently score 0) on Kaggle."""
     if "features" not in meta or "classes" not in meta:
         raise PackageError(f"{onnx_path} lacks the kit's metadata (classes, features): export it with `make export`")
@@ -119,8 +121,11 @@ def check_model(meta: dict[str, str], onnx_path: Path, columns: list[str] | None
         message = (f"{onnx_path.name} has {len(classes)} classes but sample_submission.csv has {len(columns)} "
                    f"columns: only in the model {only_model}, only in sample_submission {only_sub}")
         if not allow_class_mismatch:
-            raise PackageError(f"{message}. Train on this competition's data, or pass --allow-class-mismatch "
-                               "(columns the model lacks then get 0)")
+            own = (data_dir is not None and find_metadata(data_dir) is not None
+                   and sorted(class_list(read_metadata(data_dir))) == sorted(classes))
+            fix = ("The model learnt its data's own species: that data's metadata and sample_submission.csv disagree; "
+                   "make them agree and retrain" if own else "Train on this competition's data")
+            raise PackageError(f"{message}. {fix}, or pass --allow-class-mismatch (columns the model lacks then get 0)")
         print(f"warning: {message}; columns the model lacks get 0")
 
 
@@ -193,7 +198,7 @@ def choose_members(cfg: PackageConfig) -> list[tuple[Path, dict]]:
         if not path.exists():
             raise PackageError(f"{path} not found: run `make export` first")
         meta = read_onnx_metadata(path)
-        check_model(meta, path, cfg.sample_columns, cfg.allow_class_mismatch)
+        check_model(meta, path, cfg.sample_columns, cfg.allow_class_mismatch, cfg.data_dir)
         if members and (meta["classes"], meta["features"]) != (members[0][1]["classes"], members[0][1]["features"]):
             print(f"package: {path.name} left out of the ensemble: other classes or features than {cfg.onnx_paths[0].name}")
             continue
@@ -513,6 +518,9 @@ def print_outcome(notebook: Path, cfg: PackageConfig) -> None:
 @refuse_unwritable
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.competition and slug_problem(args.competition):  # before an export that may train for hours
+        print(f"error: {slug_problem(args.competition)}", file=sys.stderr)
+        return 1
     n_models = AUTO_ENSEMBLE if args.ensemble == "auto" else args.ensemble
     ws = Workspace.of(args.data)
     rc = export_first(args, ws, n_models)

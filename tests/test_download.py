@@ -472,8 +472,9 @@ def test_an_out_folder_holding_something_else_is_left_alone_without_force(env, c
 
     assert capsys.readouterr().err == (
         f"error: {out} exists but does not hold a valid dataset (DATA={out} is not in the Kaggle BirdCLEF layout: "
-        "missing train_audio, train_metadata.csv or train.csv, sample_submission.csv (expected train_audio, "
-        "train_metadata.csv or train.csv, sample_submission.csv)).\n"
+        "it lacks train_audio, train_metadata.csv or train.csv, sample_submission.csv. Point DATA at the folder that "
+        "holds them, restore what is missing from the competition's zip (make data DATA=... DATA_ARGS=--force "
+        "downloads it again), or run `make sample` for the embedded sample.).\n"
         f"  Move it away, or rerun with --force to replace it; through make: make data DATA={out} DATA_ARGS=--force\n"
     )
     assert tree(out) == {"notes.txt": b"mine"}
@@ -667,8 +668,8 @@ def test_a_zip_that_is_not_a_birdclef_dataset_is_not_installed(env, tmp_path, ca
 
     assert error_in(capsys.readouterr().err) == (
         f"error: {manual} does not hold a BirdCLEF dataset in the Kaggle layout: missing train_audio, "
-        "train_metadata.csv or train.csv, sample_submission.csv (expected train_audio, "
-        "train_metadata.csv or train.csv, sample_submission.csv).\n"
+        "train_metadata.csv or train.csv, sample_submission.csv. It is not the competition's whole-data zip (the "
+        "data page's \"Download All\"), or it is incomplete: download it again.\n"
     )
     assert sorted(p.name for p in env.iterdir()) == ["other.zip"]
 
@@ -689,6 +690,19 @@ def test_a_zip_path_that_does_not_exist_is_named(env, capsys):
     assert download.main(["--zip", str(env / "nope.zip"), "--out", str(env / COMPETITION)]) == 1
 
     assert capsys.readouterr().err == f"error: --zip {env / 'nope.zip'}: no such file\n"
+
+
+def test_an_unpacked_dataset_given_as_the_zip_is_told_to_be_used_as_data(env, capsys):
+    unpacked = env / "birdclef-2024-unpacked"
+    unpacked.mkdir()
+
+    assert download.main(["--zip", str(unpacked), "--out", str(env / COMPETITION)]) == 1
+
+    assert capsys.readouterr().err == (
+        f"error: --zip {unpacked} is a folder, not a zip archive. An unpacked dataset needs no download: use it as "
+        f"DATA={unpacked} where it is in the Kaggle layout, or give --zip the .zip file.\n"
+    )
+    assert not (env / COMPETITION).exists()
 
 
 # ---------------------------------------------------------------- the command line

@@ -455,6 +455,8 @@ def relabel(data: Path, old: str, new: str, count: int | None = None) -> None:
     rows = meta.index[meta.primary_label == old][:count]
     meta.loc[rows, "primary_label"] = new
     meta.to_csv(data / "train_metadata.csv", index=False)
+    # A new release changes both files: its sample_submission has a column per species of the metadata.
+    (data / "sample_submission.csv").write_text(",".join(["row_id", *sorted(meta.primary_label.unique())]) + "\n")
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -581,7 +583,8 @@ def test_export_with_nothing_trained_trains_what_it_is_told_and_stops_where_trai
     ws = Workspace.of(tiny_dataset)
     assert export_main(["--data", str(tiny_dataset), "--train-args", "--models simple_cnn --cv 1"]) == 1
     assert capsys.readouterr().err.endswith(
-        "error: --cv needs at least 2 folds, got 1\n"
+        "error: --cv needs at least 2 folds, got 1 (make cv: FOLDS=2 or more, 5 by default; one train/validation "
+        "split is make train)\n"
         "error: training failed (above), so there is nothing to export: fix that, then rerun\n")
     assert not ws.export_dir.exists()
 

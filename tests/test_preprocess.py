@@ -205,7 +205,8 @@ def tiny_layout(folder: Path, header: str = "primary_label,secondary_labels,file
     """The Kaggle layout with no audio in it: enough for every refusal that comes before decoding."""
     (folder / "train_audio").mkdir(parents=True)
     (folder / "train_metadata.csv").write_text("\n".join([header, *rows]) + "\n")
-    (folder / "sample_submission.csv").write_text("row_id,falswe1\n")
+    species = sorted({r.split(",")[0] for r in rows if r.split(",")[0]}) or ["falswe1"]
+    (folder / "sample_submission.csv").write_text(",".join(["row_id", *species]) + "\n")  # as Kaggle's agree
     return folder
 
 
@@ -222,14 +223,23 @@ def layout_fault(tmp_path: Path, fault: str) -> tuple[Path, str]:
     if fault in ("no train_audio", "no sample_submission.csv"):
         missing = fault.removeprefix("no ")
         shutil.rmtree(data / missing) if missing == "train_audio" else (data / missing).unlink()
-        return data, (f"DATA={data} is not in the Kaggle BirdCLEF layout: missing {missing} (expected train_audio, "
-                      "train_metadata.csv or train.csv, sample_submission.csv)")
+        return data, (f"DATA={data} is not in the Kaggle BirdCLEF layout: it lacks {missing}. Point DATA at the "
+                      "folder that holds them, restore what is missing from the competition's zip (make data "
+                      "DATA=... DATA_ARGS=--force downloads it again), or run `make sample` for the embedded sample.")
+    if fault == "a file":
+        return data / "train_metadata.csv", (f"DATA={data / 'train_metadata.csv'} is a file, not a folder: point "
+                                             "DATA at the dataset folder that holds train_audio/, the metadata and "
+                                             f"sample_submission.csv (DATA={data}?)")
+    if fault == "its parent":
+        return data.parent, (f"DATA={data.parent} is not in the Kaggle BirdCLEF layout: it lacks train_audio, "
+                             "train_metadata.csv or train.csv, sample_submission.csv. "
+                             f"{data} is a dataset: did you mean DATA={data}?")
     return data, (f"{data / 'train_metadata.csv'} lacks the column(s) ['primary_label']: the kit reads Kaggle's "
                   "comma-separated metadata, with primary_label (the species) and filename (under train_audio/); its "
                   "header reads ['species', 'secondary_labels', 'filename']")
 
 
-LAYOUT_FAULTS = ["no folder", "no train_audio", "no sample_submission.csv", "no primary_label"]
+LAYOUT_FAULTS = ["no folder", "no train_audio", "no sample_submission.csv", "no primary_label", "a file", "its parent"]
 
 
 @pytest.mark.parametrize("fault", LAYOUT_FAULTS)
@@ -266,6 +276,24 @@ def test_a_metadata_with_a_header_and_no_rows_is_refused_by_preprocess_and_train
     assert train_main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu"]) == 1
     assert capsys.readouterr().err == message
     assert not (tmp_path / "root").exists()  # refused before a cache or a run folder was made
+
+
+def test_a_metadata_whose_filenames_miss_the_species_folder_is_told_where_the_files_are(tmp_path, monkeypatch, capsys):
+    from data.preprocess import main as preprocess_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    data = tiny_layout(tmp_path / "flat_names", rows=("falswe1,[],XC1.ogg", "sptril1,[],XC3.ogg"))
+    (data / "train_audio" / "falswe1").mkdir()
+    (data / "train_audio" / "falswe1" / "XC1.ogg").write_bytes(b"")  # where Kaggle puts it
+    cache_dir = cache_dir_for(data, FeatureConfig())
+
+    assert preprocess_main(["--data", str(data), "--workers", "1", "--no-progress"]) == 1
+
+    assert capsys.readouterr().err == (
+        f"error: none of the 2 files that {data}'s metadata names exists under {data / 'train_audio'} (the first: "
+        "XC1.ogg (falswe1/XC1.ogg is there)): the filename column is relative to train_audio/, "
+        f"<primary_label>/<file>.ogg in Kaggle's data. Fix the column or put the files there, then delete {cache_dir} "
+        "and rerun\n")
 
 
 def test_a_dataset_whose_every_recording_is_unreadable_is_refused_by_preprocess_train_and_floor(tmp_path, monkeypatch,

@@ -95,6 +95,13 @@ def test_make_export_of_a_named_run_exports_that_run_alone_and_drops_the_earlier
     assert export_main(["--data", str(ws.data_dir), "--top", "2"]) == 0
     assert (ws.export_dir / "model-2.onnx").exists()
     resnet, = ws.runs_dir.glob("resnet18-*")
+    before = sorted(p.name for p in ws.export_dir.iterdir())
+    for wrong in (resnet.parent / "resnet18-typo", ws.runs_dir):  # a mistyped name; the runs folder itself
+        capsys.readouterr()
+        assert export_main(["--data", str(ws.data_dir), "--run", str(wrong)]) == 1
+        err = capsys.readouterr().err
+        assert f"{wrong} " in err and "not a trained run" in err and "leave out --run" in err
+        assert sorted(p.name for p in ws.export_dir.iterdir()) == before  # the earlier export is untouched
     assert export_main(["--data", str(ws.data_dir), "--run", str(resnet)]) == 0
     assert sorted(p.name for p in ws.export_dir.glob("*.onnx")) == ["model.onnx"]  # no stale ensemble member
     props = {p.key: p.value for p in onnx.load(ws.export_dir / "model.onnx").metadata_props}
@@ -655,6 +662,23 @@ def test_a_model_with_as_many_classes_as_sample_submission_but_other_ones_is_ref
             "only in sample_submission ['comkin']") in str(e.value)
     assert not (tmp_path / "dist").exists()
     package(PackageConfig([model], tmp_path / "dist", sample_columns=["barswa", "asbfly"], bundle_wheels=False))
+
+
+def test_a_class_mismatch_that_the_training_data_itself_has_is_blamed_on_that_data(tmp_path):
+    from submission.package import PackageConfig, PackageError, package
+    from tests.test_wheels import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "model.onnx")  # classes asbfly, barswa: its data's metadata species
+    data = tmp_path / "data"
+    (data / "train_audio").mkdir(parents=True)
+    (data / "train_metadata.csv").write_text("primary_label,secondary_labels,filename\n"
+                                             "asbfly,[],asbfly/XC1.ogg\nbarswa,[],barswa/XC2.ogg\n")
+    (data / "sample_submission.csv").write_text("row_id,asbfly,comkin\n")
+    with pytest.raises(PackageError) as e:
+        package(PackageConfig([model], tmp_path / "dist", sample_columns=["asbfly", "comkin"], data_dir=data,
+                              bundle_wheels=False))
+    assert ("The model learnt its data's own species: that data's metadata and sample_submission.csv disagree; "
+            "make them agree and retrain, or pass --allow-class-mismatch") in str(e.value)
 
 
 def test_the_onnx_metadata_carries_the_runs_own_figures_under_their_own_names(tmp_path):

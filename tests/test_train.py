@@ -367,3 +367,55 @@ def test_each_epoch_shows_a_progress_bar_on_a_terminal_and_none_in_a_log(tiny_da
     logged = subprocess.run(train_cmd(tiny_dataset, "--epochs", "1"), cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert logged.returncode == 0 and "batch/s" not in logged.stderr + logged.stdout
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
+    (["--mixup-prob", "2"], "--mixup-prob is a share of batches in [0, 1]"),
+    (["--power-mix-prob", "-1"], "--power-mix-prob is a share of batches in [0, 1]"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
+    (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),
+    (["--holdout-fraction", "1"], "--holdout-fraction must be in [0, 1) (0: train on everything)"),
+    (["--cv-folds", "1"], "--cv-folds needs --cv K"),
+    (["--cv", "1"], "--cv needs at least 2 folds, got 1 (make cv: FOLDS=2 or more"),
+])
+def test_a_setting_no_run_can_use_is_refused_at_once_naming_its_flag(tiny_dataset, tmp_path, monkeypatch, capsys,
+                                                                    flags, says):
+    from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--device", "cpu", *flags]) == 1
+    assert says in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*")), "refused before any cache or run folder"
+
+
+def test_asking_for_cuda_where_torch_sees_no_gpu_is_refused_before_preprocessing(tiny_dataset, tmp_path, monkeypatch,
+                                                                                capsys):
+    import torch
+
+    from train.__main__ import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine's answer, on any machine
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "--device", "cuda"]) == 1
+    assert "--device cuda, but torch sees no CUDA GPU" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*"))
+
+
+def test_training_warns_at_once_where_the_metadata_has_a_species_sample_submission_lacks(tiny_dataset, tmp_path,
+                                                                                        monkeypatch, capsys):
+    import shutil
+
+    from train.__main__ import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    header = (data / "sample_submission.csv").read_text().splitlines()[0].split(",")
+    dropped = header.pop()
+    (data / "sample_submission.csv").write_text(",".join(header) + "\n")
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    assert main(["--data", str(data), "--models", "simple_cnn", "--device", "cpu", "--lr", "-1"]) == 1  # stops there
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: train_metadata.csv and sample_submission.csv of {data} name different species "
+                          f"(only in the metadata: ['{dropped}'], only in sample_submission: [])")

@@ -152,7 +152,7 @@ def test_a_2021_folder_says_its_layout_is_2021s(tmp_path):
     (tmp_path / "train_short_audio").mkdir()
     (tmp_path / "train_metadata.csv").write_text("primary_label,secondary_labels,filename\n")
     (tmp_path / "sample_submission.csv").write_text("row_id,site,audio_id,seconds,birds\n")
-    with pytest.raises(LayoutError, match=r"missing train_audio \(.*BirdCLEF 2021 layout: the kit reads 2023-2025's\)"):
+    with pytest.raises(LayoutError, match=r"lacks train_audio \(BirdCLEF 2021 layout: the kit reads 2023-2025.s\)\. Download a 2023-2025 competition"):
         require_layout(tmp_path)
 
 
@@ -230,3 +230,19 @@ def test_make_refuses_a_setting_it_would_otherwise_drop_before_running_anything(
 def test_make_accepts_each_documented_denoise_and_gpus_setting(setting, flag):
     line = next(line for line in make_dry_run("train", "DATA=elsewhere", setting).splitlines() if "--data elsewhere" in line)
     assert (flag in line) if flag else ("--denoise" not in line)
+
+
+@pytest.mark.parametrize("slug, says", [
+    ("birdcelf-2024", "--competition birdcelf-2024 is not a BirdCLEF slug (birdclef-YYYY: birdclef-2023, "
+                      "birdclef-2024, birdclef-2025): the notebook would attach a competition Kaggle does not have"),
+    ("birdclef-2021", "the kit does not support birdclef-2021: BirdCLEF 2021-2022 scored a long table"),
+])
+def test_packaging_for_a_mistyped_or_long_table_competition_is_refused_before_anything_is_exported(
+        tiny_dataset, tmp_path, monkeypatch, capsys, slug, says):
+    from submission.package import main as package_main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path / "root"))
+    assert package_main(["--data", str(tiny_dataset), "--no-wheels", "--competition", slug,
+                         "--out", str(tmp_path / "dist")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {says}")
+    assert not (tmp_path / "root").exists() and not (tmp_path / "dist").exists()  # nothing trained or written

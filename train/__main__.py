@@ -18,14 +18,14 @@ from typing import Callable
 import numpy as np
 
 from data.features import DENOISE_MODES, FeatureConfig
-from data.layout import LayoutError, read_metadata, require_two_classes
+from data.layout import LayoutError, class_disagreement, read_metadata, require_two_classes
 from data.paths import Workspace, refuse_unwritable
 from data.preprocess import PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache
 from data.split import fold_problem, without_holdout
 from train import dist
 from train.checkpoint import new_run_dir
 from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, at_least, config_for
-from train.loop import fit
+from train.loop import fit, select_device
 from train.models import DEFAULT_MODELS, MODEL_NAMES, fetch_imagenet_weights
 from train.report import format_table
 
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue each model's latest killed run where it stopped (same config); with --cv, "
                         "reuse the folds already finished with these settings and continue the killed one")
-    p.add_argument("--preprocess-workers", type=int, default=0, help="processes for preprocessing (0: all cores)")
+    p.add_argument("--preprocess-workers", type=at_least(0), default=0, help="processes for preprocessing (0: all cores)")
     return p.parse_args(argv)
 
 
@@ -183,7 +183,15 @@ class Interrupted(Exception):
 
 
 def train_models(args: argparse.Namespace, d: dist.Dist) -> int:
-    require_two_classes(Path(args.data), read_metadata(Path(args.data)))  # before hours of preprocessing
+    if args.cv_folds and not args.cv:  # else an ordinary run trains and the folds are ignored
+        raise ValueError("--cv-folds needs --cv K, the number of folds: e.g. --cv 5 --cv-folds 1 "
+                         '(make cv FOLDS=5 TRAIN_ARGS="--cv-folds 1")')
+    select_device(args.device)  # --device cuda without a GPU: now, not after preprocessing
+    meta = read_metadata(Path(args.data))
+    require_two_classes(Path(args.data), meta)  # before hours of preprocessing
+    disagreement = class_disagreement(Path(args.data), meta)
+    if disagreement and d.main:
+        print(f"warning: {disagreement}", file=sys.stderr)
     if args.cv:
         try:
             return cross_validate(args, d)
@@ -247,7 +255,8 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
     """K folds per model; validation metrics of the best epoch and of the last epoch (the last
     is the unbiased figure: the best epoch is chosen on the fold it is scored on)."""
     if args.cv < 2:
-        raise ValueError(f"--cv needs at least 2 folds, got {args.cv}")
+        raise ValueError(f"--cv needs at least 2 folds, got {args.cv} (make cv: FOLDS=2 or more, 5 by default; "
+                         "one train/validation split is make train)")
     fold_ids = sorted(set(args.cv_folds)) if args.cv_folds else list(range(args.cv))  # a fold once: one folder each
     if not all(0 <= k < args.cv for k in fold_ids):
         raise ValueError(f"--cv-folds must be between 0 and {args.cv - 1}, got {fold_ids}")

@@ -118,6 +118,24 @@ class TrainConfig:
             raise ValueError(f"time_shift is a share of the window in [0, 1] (0: off, 0.5: up to half), got {self.time_shift}")
         if self.balance_power < 0:
             raise ValueError(f"balance_power must be >= 0 (0: off, 0.5: half way, 1: classes equal), got {self.balance_power}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Numbers a run would take silently, or refuse only after preprocessing: refused at once,
+        naming the flag."""
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0 (1e-3 is the from-scratch recipe's), got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"--weight-decay must be >= 0 (0: none), got {self.weight_decay}")
+        for flag, share in (("--mixup-prob", self.mixup_prob), ("--power-mix-prob", self.power_mix_prob)):
+            if not 0 <= share <= 1:
+                raise ValueError(f"{flag} is a share of batches in [0, 1] (0: off), got {share}")
+        if not self.warmup_epochs >= 0:
+            raise ValueError(f"--warmup-epochs must be >= 0 (0: no warm-up), got {self.warmup_epochs}")
+        for flag, share, meaning in (("--val-fraction", self.val_fraction, "share of recordings validated"),
+                                     ("--holdout-fraction", self.holdout_fraction, "0: train on everything")):
+            if not 0 <= share < 1:
+                raise ValueError(f"{flag} must be in [0, 1) ({meaning}), got {share}")
 
     def output_activation(self) -> str:
         """sigmoid or softmax: what turns this run's logits into the probabilities it reports and ships."""
@@ -143,8 +161,8 @@ class TrainConfig:
         lo = MIN_INPUT_HW.get(self.model, (1, 1))
         if self.input_hw[0] < lo[0] or self.input_hw[1] < lo[1]:
             raise ValueError(f"{self.model} needs an input of at least {lo[0]}x{lo[1]} px, got "
-                             f"{self.input_hw[0]}x{self.input_hw[1]}; leave input_hw unset (--input-hw) for "
-                             f"the model's default or give a larger one")
+                             f"{self.input_hw[0]}x{self.input_hw[1]}: leave out --input-hw for the model's default, or "
+                             f"give a larger one")
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":

@@ -61,7 +61,9 @@ def select_device(pref: str) -> torch.device:
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but torch sees no CUDA GPU; use --device cpu or auto")
+        raise RuntimeError(f"--device cuda, but torch sees no CUDA GPU (torch {torch.__version__}, CUDA build: "
+                           f"{torch.version.cuda or 'none'}): use --device auto or cpu, or check nvidia-smi and "
+                           "that .venv holds a CUDA build of torch")
     return torch.device(pref)
 
 
