@@ -515,9 +515,9 @@ def feature_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    for flag, value in (("--workers", args.workers), ("--max-windows", args.max_windows)):
+    for flag, value, zero in (("--workers", args.workers, "all cores"), ("--max-windows", args.max_windows, "all")):
         if value < 0:
-            raise SystemExit(f"error: {flag} must be >= 0 (0: {'all cores' if flag == '--workers' else 'all'}), got {value}")
+            raise SystemExit(f"error: {flag} must be >= 0 (0: {zero}), got {value}")
     return PreprocessConfig(
         data_dir=Path(args.data), features=FeatureConfig(denoise=args.denoise), workers=args.workers,
         max_windows_per_recording=args.max_windows, progress=not getattr(args, "no_progress", False),

@@ -386,3 +386,12 @@ def test_a_non_ogg_file_that_decodes_shorter_than_its_header_says_is_noted_as_da
     sf.write(path, np.zeros(10 * 32_000, np.float32), 32_000, format=fmt)
     assert decode_note(path, decoded_s=4.0) == "damaged: decoded 4.0 s of the 10.0 s the file holds"
     assert decode_note(path, decoded_s=10.0) == ""
+
+
+@pytest.mark.parametrize("flag, zero", [("--workers", "all cores"), ("--max-windows", "all")])
+def test_a_negative_count_of_workers_or_windows_is_refused_naming_what_zero_means(tmp_path, capsys, flag, zero):
+    from data.preprocess import main as preprocess_main
+
+    data = tiny_layout(tmp_path / "data")
+    with pytest.raises(SystemExit, match=rf"^error: {flag} must be >= 0 \(0: {zero}\), got -2$"):
+        preprocess_main(["--data", str(data), flag, "-2"])
