@@ -58,15 +58,8 @@ def require_layout(data_dir: Path) -> None:
     missing = missing_entries(data_dir)
     if missing:
         older = " (BirdCLEF 2021 layout: the kit reads 2023-2025's)" if (data_dir / "train_short_audio").is_dir() else ""
-        inside = [p for p in sorted(data_dir.iterdir()) if p.is_dir() and not missing_entries(p)]
-        hint = ("Download a 2023-2025 competition (make data COMPETITION=birdclef-2024)." if older else
-                f"{inside[0]} is a dataset: did you mean DATA={inside[0]}?" if inside else
-                "Point DATA at the folder that holds them, restore what is missing from the competition's zip "
-                "(make data DATA=... DATA_ARGS=--force downloads it again), or run `make sample` for the "
-                "embedded sample.")
-        raise LayoutError(
-            f"DATA={data_dir} is not in the Kaggle BirdCLEF layout: it lacks {', '.join(missing)}{older}. {hint}"
-        )
+        raise LayoutError(f"DATA={data_dir} is not in the Kaggle BirdCLEF layout: it lacks {', '.join(missing)}{older}. "
+                          f"{_layout_hint(data_dir, bool(older))}")
     long_format = LONG_SUBMISSION_COLUMNS & set(submission_header(data_dir))
     if long_format:
         raise LayoutError(
@@ -74,6 +67,18 @@ def require_layout(data_dir: Path) -> None:
             f"(row_id,{sorted(long_format)[0]}); the kit writes one probability column per class, the format "
             "of BirdCLEF 2023-2025. Use one of those competitions (COMPETITION=birdclef-2024)."
         )
+
+
+def _layout_hint(data_dir: Path, older: bool) -> str:
+    """How to mend a folder that lacks part of the layout: another year's data, a dataset one
+    folder down (DATA named its parent), or the missing files themselves."""
+    if older:
+        return "Download a 2023-2025 competition (make data COMPETITION=birdclef-2024)."
+    inside = [p for p in sorted(data_dir.iterdir()) if p.is_dir() and not missing_entries(p)]
+    if inside:
+        return f"{inside[0]} is a dataset: did you mean DATA={inside[0]}?"
+    return ("Point DATA at the folder that holds them, restore what is missing from the competition's zip "
+            "(make data DATA=... DATA_ARGS=--force downloads it again), or run `make sample` for the embedded sample.")
 
 
 def competition_of(data_dir: Path | str) -> str:
