@@ -85,7 +85,12 @@ def competition_of(data_dir: Path | str) -> str:
     """The Kaggle slug a dataset folder belongs to: its name where `make data` named it after the
     competition (data/birdclef-2025), else DEFAULT_COMPETITION. The packaged notebook attaches it."""
     name = Path(data_dir).resolve().name
-    return name if re.fullmatch(r"birdclef-20\d\d", name) else DEFAULT_COMPETITION
+    return name if is_birdclef_slug(name) else DEFAULT_COMPETITION
+
+
+def is_birdclef_slug(name: str) -> bool:
+    """birdclef-YYYY: the slugs of the competition's years, known to the kit or not yet."""
+    return re.fullmatch(r"birdclef-20\d\d", name) is not None
 
 
 def slug_problem(competition: str) -> str | None:
@@ -95,7 +100,7 @@ def slug_problem(competition: str) -> str | None:
     if competition in LONG_TABLE_COMPETITIONS:
         return (f"the kit does not support {competition}: BirdCLEF 2021-2022 scored a long table (row_id + the "
                 f"species heard), and the kit writes one probability column per class ({known})")
-    if not re.fullmatch(r"birdclef-20\d\d", competition):
+    if not is_birdclef_slug(competition):
         return (f"--competition {competition} is not a BirdCLEF slug (birdclef-YYYY: {known}): the notebook would "
                 "attach a competition Kaggle does not have; check COMPETITION=")
     return None

@@ -518,8 +518,9 @@ def print_outcome(notebook: Path, cfg: PackageConfig) -> None:
 @refuse_unwritable
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.competition and slug_problem(args.competition):  # before an export that may train for hours
-        print(f"error: {slug_problem(args.competition)}", file=sys.stderr)
+    problem = slug_problem(args.competition) if args.competition else None
+    if problem:  # before an export that may train for hours
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     n_models = AUTO_ENSEMBLE if args.ensemble == "auto" else args.ensemble
     ws = Workspace.of(args.data)
