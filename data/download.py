@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 import requests
 
 from data.layout import (DEFAULT_COMPETITION, LONG_TABLE_COMPETITIONS, TEST_SOUNDSCAPE_S,
-                         LayoutError, LayoutReport, find_metadata, missing_entries, validate_layout)
+                         LayoutError, LayoutReport, find_metadata, long_table_refusal, missing_entries, validate_layout)
 from data.paths import free_bytes, human_bytes
 
 SETTINGS_URL = "https://www.kaggle.com/settings/api"
@@ -55,9 +55,7 @@ def refuse_unsupported(competition: str) -> None:
     if competition in LONG_TABLE_COMPETITIONS:
         example = sorted(TEST_SOUNDSCAPE_S)[-1]
         raise DownloadError(
-            f"the kit does not support {competition}: BirdCLEF 2021-2022 scored a long table (row_id + the species "
-            "heard),\n"
-            "  and the kit writes one probability column per class, the format of BirdCLEF 2023-2025.\n"
+            f"{long_table_refusal(competition)},\n  the format of BirdCLEF 2023-2025.\n"
             f"  Choose one of {', '.join(sorted(TEST_SOUNDSCAPE_S))}: make data COMPETITION={example}\n"
             f"  (--competition {example} with python -m data.download)."
         )

@@ -93,13 +93,18 @@ def is_birdclef_slug(name: str) -> bool:
     return re.fullmatch(r"birdclef-20\d\d", name) is not None
 
 
+def long_table_refusal(competition: str) -> str:
+    """Why a 2021-2022 slug is refused, in the words download and package both use."""
+    return (f"the kit does not support {competition}: BirdCLEF 2021-2022 scored a long table (row_id + the species "
+            "heard), and the kit writes one probability column per class")
+
+
 def slug_problem(competition: str) -> str | None:
     """Why a notebook cannot be packaged for this competition slug, or None. The slug goes into
     kernel-metadata.json's competition_sources: a typo there attaches nothing on Kaggle."""
     known = ", ".join(sorted(TEST_SOUNDSCAPE_S))
     if competition in LONG_TABLE_COMPETITIONS:
-        return (f"the kit does not support {competition}: BirdCLEF 2021-2022 scored a long table (row_id + the "
-                f"species heard), and the kit writes one probability column per class ({known})")
+        return f"{long_table_refusal(competition)} ({known})"
     if not is_birdclef_slug(competition):
         return (f"--competition {competition} is not a BirdCLEF slug (birdclef-YYYY: {known}): the notebook would "
                 "attach a competition Kaggle does not have; check COMPETITION=")

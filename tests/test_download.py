@@ -368,8 +368,8 @@ def test_a_long_table_year_is_refused_before_anything_is_asked_of_kaggle(env, fa
 
     assert capsys.readouterr().err == (
         f"error: the kit does not support {competition}: BirdCLEF 2021-2022 scored a long table (row_id + the "
-        "species heard),\n"
-        "  and the kit writes one probability column per class, the format of BirdCLEF 2023-2025.\n"
+        "species heard), and the kit writes one probability column per class,\n"
+        "  the format of BirdCLEF 2023-2025.\n"
         "  Choose one of birdclef-2023, birdclef-2024, birdclef-2025: make data COMPETITION=birdclef-2025\n"
         "  (--competition birdclef-2025 with python -m data.download).\n"
     )
