@@ -135,7 +135,7 @@ step train $PY -m train --data "$data" --models $MODELS --no-pretrained --device
 # model:recipe[:flags], most wanted first: the kit's default, then the two the CPU could not afford,
 # with the reference's from-scratch recipe and with their own; then, while time is left, resnet18's
 # levers one at a time on the same folds (flags joined by commas), and other folds (seed 1).
-LEVERS="--seed=1 --ema-decay=0.99 --epochs=80 --lr=5e-4 --lr=2e-3 --weight-decay=0.05 --lr-schedule=onecycle
+LEVERS="--seed=1 --ema-decay=0.99 --epochs=80 --lr=5e-4 --lr=2e-3 --weight-decay=0.05 --lr-schedule=onecycle,--warmup-epochs=0
         --random-crop --balance-power=0.5 --mixup-prob=0 --no-spec-mask --power-mix-prob=0.5"
 for run in ${CV_RUNS-resnet18:auto efficientnet_b0:scratch inception_v3:scratch simple_cnn:auto efficientnet_b0:seed \
         inception_v3:seed $(for lever in $LEVERS; do echo "resnet18:auto:$lever"; done)}; do
