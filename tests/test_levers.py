@@ -318,6 +318,49 @@ def test_a_kill_signal_ends_training_like_ctrl_c_saying_how_to_continue(tiny_dat
     assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only as long as the command
 
 
+def test_cross_validating_two_models_also_scores_the_mean_of_their_probabilities_on_each_fold(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from data.paths import Workspace
+    from train.__main__ import main
+
+    monkeypatch.setenv("BIRDKIT_ROOT", str(tmp_path))
+    assert main(["--data", str(tiny_dataset), "--models", "simple_cnn", "resnet18", "--no-pretrained", "--epochs", "1",
+                 "--cv", "2", "--holdout-fraction", "0", "--windows-per-recording", "1", "--device", "cpu"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("mean of 2"))
+    printed = [float(v) for v in line.split()[3:] if v != "±"][::2]  # the four means: best acc, best AUC, last acc, last AUC
+
+    cv_dir = Workspace.of(tiny_dataset).runs_dir / "cv"
+    expected = {"acc": [], "auc": []}
+    for k in range(2):  # by hand: each run's last-epoch sigmoid, averaged, scored by sklearn
+        last = [np.load(next(cv_dir.glob(f"{m}-*-fold{k}")) / "val_last.npz") for m in ("simple_cnn", "resnet18")]
+        probs = np.mean([1 / (1 + np.exp(-z["logits"].astype(np.float64))) for z in last], axis=0)
+        labels = last[0]["label_idx"]
+        expected["acc"].append(np.mean(probs.argmax(1) == labels))
+        onehot = np.eye(probs.shape[1])[labels]
+        scored = onehot.sum(0) > 0  # Kaggle's metric: the classes with a positive
+        expected["auc"].append(roc_auc_score(onehot[:, scored], probs[:, scored], average="macro"))
+    assert printed[2] == pytest.approx(np.mean(expected["acc"]), abs=5e-4)
+    assert printed[3] == pytest.approx(np.mean(expected["auc"]), abs=5e-4)
+    assert all(0 <= v <= 1 for v in printed)
+
+
+def test_runs_that_validated_on_other_windows_are_not_averaged_and_the_line_says_why(tmp_path):
+    import numpy as np
+
+    from train.__main__ import cv_ensemble_line
+
+    for name, files in (("a-fold0", ["x.ogg", "y.ogg"]), ("b-fold0", ["x.ogg", "z.ogg"])):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "val_predictions.npz", probs=np.full((2, 3), 1 / 3, np.float32),
+                 logits=np.zeros((2, 3), np.float32), label_idx=np.array([0, 1]), filenames=np.array(files))
+        np.savez(tmp_path / name / "val_last.npz", logits=np.zeros((2, 3), np.float32), label_idx=np.array([0, 1]))
+    line = cv_ensemble_line(tmp_path, {"a": [{"run": "a-fold0"}], "b": [{"run": "b-fold0"}]})
+    assert line.startswith("mean of 2") and "not scored: b-fold0 validated on other windows or classes than a-fold0" in line
+
+
 def test_a_killed_cross_validation_reuses_its_finished_folds_and_continues_the_killed_one(
         tiny_dataset, tmp_path, monkeypatch, capsys):
     import train.loop as loop

@@ -2,7 +2,8 @@
 
 Under `torchrun --nproc_per_node=N -m train ...` (`make train GPUS=N`) the same command trains
 with DistributedDataParallel. `--cv K` trains K recording-grouped folds per model instead of one
-run and prints the mean validation metrics (runs under train/runs/<data>/cv/, which export skips)."""
+run and prints the mean validation metrics, for several models those of their averaged probabilities too
+(runs under train/runs/<data>/cv/, which export skips)."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from data.features import DENOISE_MODES, FeatureConfig
 from data.layout import LayoutError, class_disagreement, read_metadata, require_two_classes
@@ -25,7 +27,8 @@ from data.split import fold_problem, without_holdout
 from train import dist
 from train.checkpoint import new_run_dir
 from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, at_least, config_for
-from train.loop import fit, select_device
+from train.loop import fit, probabilities, select_device
+from train.metrics import accuracy, macro_roc_auc
 from train.models import DEFAULT_MODELS, MODEL_NAMES, fetch_imagenet_weights
 from train.report import format_table
 
@@ -266,13 +269,13 @@ def cross_validate(args: argparse.Namespace, d: dist.Dist) -> int:
     fetch_weights_first(args, features, resumes=lambda m: all(
         latest_fold_run(cv_dir, model_config(args, m, features, folds=args.cv, fold=k)) is not None for k in fold_ids))
     stamp = dist.broadcast(d, time.strftime("%Y%m%d-%H%M%S"))
-    lines = []
+    per_model = {}
     for model in args.models:
-        folds = []
-        for k in fold_ids:
-            cfg = model_config(args, model, features, folds=args.cv, fold=k)
-            folds.append(fit_fold(args, cfg, cv_dir, f"{model}-{stamp}", d))
-        lines.append(cv_line(model, folds))
+        per_model[model] = [fit_fold(args, model_config(args, model, features, folds=args.cv, fold=k), cv_dir,
+                                     f"{model}-{stamp}", d) for k in fold_ids]
+    lines = [cv_line(model, folds) for model, folds in per_model.items()]
+    if len(per_model) > 1 and d.main:  # the other processes print nothing, and rank 0 wrote the files
+        lines.append(cv_ensemble_line(cv_dir, per_model))
     which = "" if len(fold_ids) == args.cv else f", folds {' '.join(map(str, fold_ids))} only"
     print(f"\n{args.cv}-fold cross-validation grouped by recording (mean ± std over folds{which}):")
     print(f"{'model':16s} {'best-epoch acc':>15s} {'best-epoch AUC':>15s} {'last-epoch acc':>15s} {'last-epoch AUC':>15s}")
@@ -324,6 +327,41 @@ def cv_line(model: str, folds: list[dict]) -> str:
         return f"{v.mean():.3f} ± {v.std():.3f}"
     return (f"{model:16s} {cell('val_accuracy'):>15s} {cell('val_roc_auc'):>15s} {cell('last_val_accuracy'):>15s} "
             f"{cell('last_val_roc_auc'):>15s}")
+
+
+def cv_ensemble_line(cv_dir: Path, per_model: dict[str, list[dict]]) -> str:
+    """The mean of the models' probabilities on each fold, as `make package` combines an ensemble
+    (--combine mean): what averaging them would score on the same folds, from the logits each
+    run kept (its best epoch's and its last's), without training again."""
+    label = f"mean of {len(per_model)}"
+    folds = []
+    for summaries in zip(*per_model.values()):  # one fold: each model's run of it
+        fold = ensemble_fold([cv_dir / s["run"] for s in summaries])
+        if isinstance(fold, str):
+            return f"{label:16s} not scored: {fold}"
+        folds.append(fold)
+    return cv_line(label, folds)
+
+
+def ensemble_fold(runs: list[Path]) -> dict | str:
+    """One fold's ensemble metrics, keyed as a fold summary is; or why the runs cannot be
+    averaged (they validated on other windows: other --windows-per-recording, say)."""
+    best = [np.load(r / "val_predictions.npz") for r in runs]
+    last = [np.load(r / "val_last.npz") for r in runs]
+    first = best[0]
+    for run, b, l in zip(runs, best, last):
+        if not (np.array_equal(b["filenames"], first["filenames"]) and np.array_equal(b["label_idx"], first["label_idx"])
+                and np.array_equal(l["label_idx"], first["label_idx"]) and b["probs"].shape == first["probs"].shape):
+            return (f"{run.name} validated on other windows or classes than {runs[0].name} "
+                    "(train them with the same data settings to average them)")
+    labels = first["label_idx"]
+    targets = np.eye(first["probs"].shape[1], dtype=np.int8)[labels]  # [n, C] one-hot primary, as validation scores
+    last_probs = [probabilities(TrainConfig.load(r / "config.json").output_activation(),
+                                torch.from_numpy(l["logits"])).numpy() for r, l in zip(runs, last)]
+    mean_best = np.mean([b["probs"] for b in best], axis=0)  # [n, C]
+    mean_last = np.mean(last_probs, axis=0)
+    return {"val_accuracy": accuracy(labels, mean_best), "val_roc_auc": macro_roc_auc(targets, mean_best),
+            "last_val_accuracy": accuracy(labels, mean_last), "last_val_roc_auc": macro_roc_auc(targets, mean_last)}
 
 
 if __name__ == "__main__":
