@@ -349,15 +349,15 @@ def ensemble_fold(runs: list[Path]) -> dict | str:
     best = [np.load(r / "val_predictions.npz") for r in runs]
     last = [np.load(r / "val_last.npz") for r in runs]
     first = best[0]
-    for run, b, l in zip(runs, best, last):
+    for run, b, z in zip(runs, best, last):
         if not (np.array_equal(b["filenames"], first["filenames"]) and np.array_equal(b["label_idx"], first["label_idx"])
-                and np.array_equal(l["label_idx"], first["label_idx"]) and b["probs"].shape == first["probs"].shape):
+                and np.array_equal(z["label_idx"], first["label_idx"]) and b["probs"].shape == first["probs"].shape):
             return (f"{run.name} validated on other windows or classes than {runs[0].name} "
                     "(train them with the same data settings to average them)")
     labels = first["label_idx"]
     targets = np.eye(first["probs"].shape[1], dtype=np.int8)[labels]  # [n, C] one-hot primary, as validation scores
     last_probs = [probabilities(TrainConfig.load(r / "config.json").output_activation(),
-                                torch.from_numpy(l["logits"])).numpy() for r, l in zip(runs, last)]
+                                torch.from_numpy(z["logits"])).numpy() for r, z in zip(runs, last)]
     mean_best = np.mean([b["probs"] for b in best], axis=0)  # [n, C]
     mean_last = np.mean(last_probs, axis=0)
     return {"val_accuracy": accuracy(labels, mean_best), "val_roc_auc": macro_roc_auc(targets, mean_best),
