@@ -24,10 +24,11 @@ from data.layout import LayoutError, class_disagreement, read_metadata, require_
 from data.paths import Workspace, refuse_unwritable
 from data.preprocess import PreprocessConfig, cache_dir_for, cache_is_current, ensure_cache
 from data.split import fold_problem, without_holdout
+from submission.infer import combine_probs
 from train import dist
 from train.checkpoint import new_run_dir
 from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, at_least, config_for
-from train.loop import fit, probabilities, select_device
+from train.loop import fit, one_hot, probabilities, select_device
 from train.metrics import accuracy, macro_roc_auc
 from train.models import DEFAULT_MODELS, MODEL_NAMES, fetch_imagenet_weights
 from train.report import format_table
@@ -355,11 +356,11 @@ def ensemble_fold(runs: list[Path]) -> dict | str:
             return (f"{run.name} validated on other windows or classes than {runs[0].name} "
                     "(train them with the same data settings to average them)")
     labels = first["label_idx"]
-    targets = np.eye(first["probs"].shape[1], dtype=np.int8)[labels]  # [n, C] one-hot primary, as validation scores
+    targets = one_hot(labels, first["probs"].shape[1])
     last_probs = [probabilities(TrainConfig.load(r / "config.json").output_activation(),
                                 torch.from_numpy(z["logits"])).numpy() for r, z in zip(runs, last)]
-    mean_best = np.mean([b["probs"] for b in best], axis=0)  # [n, C]
-    mean_last = np.mean(last_probs, axis=0)
+    mean_best = combine_probs(np.stack([b["probs"] for b in best]), "mean")  # [n, C]: the notebook's own rule
+    mean_last = combine_probs(np.stack(last_probs), "mean")
     return {"val_accuracy": accuracy(labels, mean_best), "val_roc_auc": macro_roc_auc(targets, mean_best),
             "last_val_accuracy": accuracy(labels, mean_last), "last_val_roc_auc": macro_roc_auc(targets, mean_last)}
 

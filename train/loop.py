@@ -391,7 +391,7 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
     row = {
         "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,
         "val_accuracy": accuracy(val.label_idx, probs),
-        "val_roc_auc": macro_roc_auc(_one_hot(val.label_idx, len(data.classes)), probs),
+        "val_roc_auc": macro_roc_auc(one_hot(val.label_idx, len(data.classes)), probs),
         "train_samples_per_s": tr.samples_per_s, "train_s": tr.seconds, "epoch_s": tr.seconds + time.perf_counter() - t0,
         "lr": state.optimizer.param_groups[0]["lr"],
     }
@@ -428,7 +428,8 @@ def _curves_due(drawn_at: float | None, now: float, epoch: int, epochs: int) -> 
     return drawn_at is None or epoch == epochs or now - drawn_at >= CURVES_EVERY_S
 
 
-def _one_hot(idx: np.ndarray, n: int) -> np.ndarray:
+def one_hot(idx: np.ndarray, n: int) -> np.ndarray:
+    """[n_windows] class indices -> [n_windows, n] targets of validation's metric (the primary label)."""
     y = np.zeros((len(idx), n), np.int8)
     y[np.arange(len(idx)), idx] = 1
     return y
