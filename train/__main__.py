@@ -28,8 +28,8 @@ from submission.infer import combine_probs
 from train import dist
 from train.checkpoint import new_run_dir
 from train.config import ACTIVATIONS, LR_SCHEDULES, RECIPES, SCHEDULES, TrainConfig, at_least, config_for
-from train.loop import fit, one_hot, probabilities, select_device
-from train.metrics import accuracy, macro_roc_auc
+from train.loop import fit, probabilities, select_device
+from train.metrics import accuracy, window_roc_auc
 from train.models import DEFAULT_MODELS, MODEL_NAMES, fetch_imagenet_weights
 from train.report import format_table
 
@@ -356,13 +356,12 @@ def ensemble_fold(runs: list[Path]) -> dict | str:
             return (f"{run.name} validated on other windows or classes than {runs[0].name} "
                     "(train them with the same data settings to average them)")
     labels = first["label_idx"]
-    targets = one_hot(labels, first["probs"].shape[1])
     last_probs = [probabilities(TrainConfig.load(r / "config.json").output_activation(),
                                 torch.from_numpy(z["logits"])).numpy() for r, z in zip(runs, last)]
     mean_best = combine_probs(np.stack([b["probs"] for b in best]), "mean")  # [n, C]: the notebook's own rule
     mean_last = combine_probs(np.stack(last_probs), "mean")
-    return {"val_accuracy": accuracy(labels, mean_best), "val_roc_auc": macro_roc_auc(targets, mean_best),
-            "last_val_accuracy": accuracy(labels, mean_last), "last_val_roc_auc": macro_roc_auc(targets, mean_last)}
+    return {"val_accuracy": accuracy(labels, mean_best), "val_roc_auc": window_roc_auc(labels, mean_best),
+            "last_val_accuracy": accuracy(labels, mean_last), "last_val_roc_auc": window_roc_auc(labels, mean_last)}
 
 
 if __name__ == "__main__":

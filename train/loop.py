@@ -36,7 +36,7 @@ from train.augment import mixup, power_mix, spec_mask, time_shift
 from train.checkpoint import BackgroundWriter, atomic_torch_save, atomic_write, host_copy, run_lock
 from train.config import TrainConfig
 from train.data import CachedWindows, EpochSampler, balance_weights, loader, make_splits
-from train.metrics import accuracy, macro_roc_auc
+from train.metrics import accuracy, window_roc_auc
 from train.models import build_model, forward_logits
 from train.optim import EMA, make_optimizer, make_scheduler
 from train.plots import confusion, plot_confusion, plot_curves, top_confusions
@@ -391,7 +391,7 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
     row = {
         "epoch": epoch, "train_loss": tr.train_loss, "val_loss": val_loss,
         "val_accuracy": accuracy(val.label_idx, probs),
-        "val_roc_auc": macro_roc_auc(one_hot(val.label_idx, len(data.classes)), probs),
+        "val_roc_auc": window_roc_auc(val.label_idx, probs),
         "train_samples_per_s": tr.samples_per_s, "train_s": tr.seconds, "epoch_s": tr.seconds + time.perf_counter() - t0,
         "lr": state.optimizer.param_groups[0]["lr"],
     }
@@ -426,13 +426,6 @@ def record_epoch(cfg: TrainConfig, state: TrainState, data: Prepared, device, ep
 def _curves_due(drawn_at: float | None, now: float, epoch: int, epochs: int) -> bool:
     """Whether to redraw curves.png: never drawn yet, the last epoch, or CURVES_EVERY_S since the last."""
     return drawn_at is None or epoch == epochs or now - drawn_at >= CURVES_EVERY_S
-
-
-def one_hot(idx: np.ndarray, n: int) -> np.ndarray:
-    """[n_windows] class indices -> [n_windows, n] targets of validation's metric (the primary label)."""
-    y = np.zeros((len(idx), n), np.int8)
-    y[np.arange(len(idx)), idx] = 1
-    return y
 
 
 def _write_history(history: list[dict], run_dir: Path, cfg: TrainConfig, draw: bool = True) -> None:

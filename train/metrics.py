@@ -73,6 +73,14 @@ def kaggle_score(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column
     return macro_roc_auc(solution[classes].to_numpy(), sub.to_numpy(dtype=np.float64))
 
 
+def window_roc_auc(true_idx: np.ndarray, scores: np.ndarray) -> float:
+    """macro_roc_auc of windows with one primary label each: [n] class indices against [n, C] scores
+    (validation, cross-validation ensembles and the floor all score windows so)."""
+    y_true = np.zeros(np.shape(scores), np.int8)
+    y_true[np.arange(len(true_idx)), true_idx] = 1
+    return macro_roc_auc(y_true, scores)
+
+
 def accuracy(true_idx: np.ndarray, scores: np.ndarray) -> float:
     """Share of windows whose top-scoring class is the primary label."""
     return float(np.mean(np.argmax(scores, axis=1) == np.asarray(true_idx)))
